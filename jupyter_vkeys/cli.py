@@ -1,0 +1,349 @@
+"""``jupyter vkeys ...``: serve the gateway, manage keys and policies.
+
+``serve`` runs the standalone gateway. ``keys`` and ``policy`` talk to a
+running gateway's admin API when one runs for the data directory (found through
+``<data_dir>/runtime.json``), so changes take effect at once; with none
+running they open the store directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from traitlets.config import Config
+from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+
+
+def load_config(path: str | None) -> Config:
+    """Read a ``.py`` (``c.VKeysGateway.x = ...``) or ``.json`` config file."""
+    if not path:
+        return Config()
+    file = Path(path).expanduser().resolve()
+    if not file.exists():
+        raise SystemExit(f"config file {file} does not exist")
+    loader_cls = JSONFileConfigLoader if file.suffix == ".json" else PyFileConfigLoader
+    return loader_cls(file.name, str(file.parent)).load_config()
+
+
+def build_gateway(args: argparse.Namespace):
+    """A configured (not yet started) gateway from CLI flags and the config file."""
+    from .gateway.core import VKeysGateway
+
+    config = load_config(getattr(args, "config", None))
+    if getattr(args, "data_dir", None):
+        config.VKeysGateway.data_dir = args.data_dir
+    if getattr(args, "fake", False):
+        config.VKeysGateway.fake_mode = "always"
+    return VKeysGateway(config=config)
+
+
+# -- serve ---------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the standalone gateway until SIGINT/SIGTERM."""
+    logging.basicConfig(level=getattr(logging, args.log_level), format=
+                        "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+    if not args.no_uvloop:
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
+    return asyncio.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import tornado.httpserver
+
+    from .gateway.app import make_app
+
+    gateway = build_gateway(args)
+    gateway.start()
+    server = tornado.httpserver.HTTPServer(make_app(gateway), xheaders=False,
+                                           max_body_size=gateway.max_body_bytes * 2 + (1 << 20),
+                                           idle_connection_timeout=3600)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    server.add_sockets([sock])
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{port}{gateway.prefix}"
+    runtime = Path(gateway.data_dir) / "runtime.json"
+    runtime.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    logging.getLogger("jupyter_vkeys").info(
+        "jupyter-vkeys gateway at %s  (OPENAI_BASE_URL=%s/openai/v1  ANTHROPIC_BASE_URL="
+        "%s/anthropic)", url, url, url)
+    print(f"jupyter-vkeys listening on {url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.stop()
+    await gateway.stop()
+    try:
+        runtime.unlink()
+    except OSError:
+        pass
+    return 0
+
+
+# -- admin backends ------------------------------------------------------------------
+class RemoteAdmin:
+    """Admin calls over HTTP to a running gateway."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/") + "/api"
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except Exception:
+                message = str(exc)
+            raise SystemExit(f"error: {message}") from None
+
+
+class LocalAdmin:
+    """Admin calls straight into the store (no gateway running for this data dir)."""
+
+    def __init__(self, gateway) -> None:
+        gateway.log.setLevel(logging.ERROR)
+        logging.getLogger("jupyter_vkeys").setLevel(logging.ERROR)
+        gateway.start()
+        self.gw = gateway
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        from .policy import PolicyError
+        from .registry import InvalidKeyRequest
+
+        gw, actor = self.gw, f"cli:{os.environ.get('USER', 'local')}"
+        parts = path.strip("/").split("/")
+        try:
+            if parts[0] == "keys" and len(parts) == 1 and method == "GET":
+                rows = [gw.key_report(r) for r in gw.registry.records.values()]
+                return {"keys": sorted(rows, key=lambda r: r["created_at"])}
+            if parts[0] == "keys" and len(parts) == 1:
+                record, token = gw.registry.create(body, actor=actor)
+                return {**gw.key_report(record), "key": token}
+            if parts[0] == "keys" and len(parts) == 2:
+                if method == "PATCH":
+                    return gw.key_report(gw.registry.update(parts[1], body, actor=actor))
+                record = gw.registry.get(parts[1])
+                if record is None:
+                    raise SystemExit(f"error: no key with id {parts[1]!r}")
+                return gw.key_report(record)
+            if parts[0] == "keys" and parts[2] == "revoke":
+                return gw.key_report(gw.registry.revoke(parts[1], actor=actor))
+            if parts[0] == "keys" and parts[2] == "rotate":
+                record, token = gw.registry.rotate(parts[1], actor=actor,
+                                                   grace_seconds=body.get("grace_seconds", 0))
+                return {**gw.key_report(record), "key": token}
+            if parts[0] == "policies" and len(parts) == 1:
+                return {"policies": [gw.scope_report(s) for s in sorted(gw.policy.scope_policies)]}
+            if parts[0] == "policies":
+                if method in ("PUT", "PATCH"):
+                    gw.set_scope_policy(parts[1], body, actor=actor, replace=method == "PUT")
+                elif method == "DELETE":
+                    gw.set_scope_policy(parts[1], None, actor=actor)
+                return gw.scope_report(parts[1])
+        except (InvalidKeyRequest, PolicyError, ValueError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+        raise SystemExit(f"error: unsupported admin call {method} {path}")
+
+
+def admin_backend(args: argparse.Namespace):
+    """Remote if a gateway runs for this data directory, else local."""
+    gateway = build_gateway(args)
+    runtime = Path(gateway.data_dir) / "runtime.json"
+    if runtime.exists():
+        try:
+            info = json.loads(runtime.read_text())
+            os.kill(int(info["pid"]), 0)
+            return RemoteAdmin(info["url"], gateway.admin_secret())
+        except (OSError, ValueError, KeyError):
+            pass
+    return LocalAdmin(gateway)
+
+
+# -- keys and policy -----------------------------------------------------------------
+def _budget_arg(text: str) -> dict[str, Any]:
+    """``20/month`` or ``20/month@0.8`` -> a budget object."""
+    amount, _, rest = text.partition("/")
+    period, _, soft = (rest or "month").partition("@")
+    try:
+        budget: dict[str, Any] = {"usd": float(amount), "period": period}
+        if soft:
+            budget["soft"] = float(soft)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget {text!r}: use USD/period[@soft], "
+                                         "e.g. 20/month@0.8") from None
+    return budget
+
+
+def _fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name in ("alias", "owner", "team", "project", "rpm", "tpm", "max_concurrency",
+                 "expires_at"):
+        value = getattr(args, name, None)
+        if value is not None:
+            fields[name] = value
+    if getattr(args, "parent", None):
+        fields["parent_id"] = args.parent
+    if getattr(args, "models", None) is not None:
+        fields["models"] = [m for m in args.models.split(",") if m] or None
+    if getattr(args, "alias_model", None):
+        fields["aliases"] = dict(item.split("=", 1) for item in args.alias_model)
+    if getattr(args, "budget", None):
+        fields["budgets"] = args.budget
+    if getattr(args, "metadata", None):
+        fields["metadata"] = dict(item.split("=", 1) for item in args.metadata)
+    return fields
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    if "keys" in result:
+        print(f"{'ID':14} {'STATE':8} {'ALIAS':18} {'OWNER':12} {'TEAM':10} PROJECT")
+        for k in result["keys"]:
+            print(f"{k['id']:14} {k.get('state', ''):8} {k['alias'][:18]:18} "
+                  f"{k['owner'][:12]:12} {k['team'][:10]:10} {k['project']}")
+        return
+    if "key" in result:
+        print(f"key id:  {result['id']}\nsecret:  {result['key']}\n(shown once: store it now)")
+    else:
+        print(json.dumps(result, indent=2, default=str))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``keys create|list|show|update|revoke|rotate``."""
+    admin = admin_backend(args)
+    if args.action == "create":
+        result = admin.call("POST", "/keys", _fields(args))
+    elif args.action == "list":
+        result = admin.call("GET", "/keys")
+    elif args.action == "show":
+        result = admin.call("GET", f"/keys/{args.id}")
+    elif args.action == "update":
+        result = admin.call("PATCH", f"/keys/{args.id}", _fields(args))
+    elif args.action == "revoke":
+        result = admin.call("POST", f"/keys/{args.id}/revoke", {})
+    else:
+        result = admin.call("POST", f"/keys/{args.id}/rotate", {"grace_seconds": args.grace})
+    _print(result, args.json)
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    """``policy list|show|set|update|delete``."""
+    admin = admin_backend(args)
+    if args.action == "list":
+        result = admin.call("GET", "/policies")
+    elif args.action == "show":
+        result = admin.call("GET", f"/policies/{args.scope}")
+    elif args.action == "delete":
+        result = admin.call("DELETE", f"/policies/{args.scope}")
+    else:
+        result = admin.call("PUT" if args.action == "set" else "PATCH",
+                            f"/policies/{args.scope}", _fields(args))
+    _print(result, True)
+    return 0
+
+
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", help="comma-separated allowlist (globs), '' to clear")
+    parser.add_argument("--alias-model", action="append", metavar="NAME=MODEL",
+                        help="model alias, e.g. cheap=gpt-4o-mini (repeatable)")
+    parser.add_argument("--rpm", type=int, help="requests per minute")
+    parser.add_argument("--tpm", type=int, help="tokens per minute (input + output)")
+    parser.add_argument("--max-concurrency", type=int, help="calls in flight")
+    parser.add_argument("--budget", action="append", type=_budget_arg, metavar="USD/PERIOD[@SOFT]",
+                        help="budget, e.g. 20/month@0.8 or 5/total (repeatable)")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="gateway data directory (default: "
+                                           "<jupyter data dir>/vkeys or $VKEYS_DATA_DIR)")
+    parser.add_argument("--config", help="config file (.py with c.VKeysGateway.* or .json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``jupyter-vkeys``."""
+    parser = argparse.ArgumentParser(prog="jupyter vkeys", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the standalone gateway")
+    _common(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    serve.add_argument("--fake", action="store_true", help="answer every model from the "
+                                                           "offline fake provider")
+    serve.add_argument("--no-uvloop", action="store_true", help="use asyncio's default loop")
+    serve.add_argument("--log-level", default="INFO",
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="create, list, show, update, revoke, rotate keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    for action in ("create", "list", "show", "update", "revoke", "rotate"):
+        p = keys_sub.add_parser(action)
+        _common(p)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        if action in ("show", "update", "revoke", "rotate"):
+            p.add_argument("id", help="key id (the part after 'vk-' and before '_')")
+        if action in ("create", "update"):
+            for name in ("alias", "owner", "team", "project"):
+                p.add_argument(f"--{name}")
+            p.add_argument("--expires-at", help="RFC 3339 time, e.g. 2026-12-31T00:00:00Z")
+            p.add_argument("--metadata", action="append", metavar="K=V")
+            _limit_flags(p)
+        if action == "create":
+            p.add_argument("--parent", help="parent key id (a child spends against its budgets)")
+        if action == "rotate":
+            p.add_argument("--grace", type=float, default=0.0,
+                           help="seconds the old secret stays valid")
+    keys.set_defaults(func=cmd_keys)
+
+    policy = sub.add_parser("policy", help="scope policies (global, user:x, team:x, project:x)")
+    policy_sub = policy.add_subparsers(dest="action", required=True)
+    for action in ("list", "show", "set", "update", "delete"):
+        p = policy_sub.add_parser(action)
+        _common(p)
+        if action != "list":
+            p.add_argument("scope")
+        if action in ("set", "update"):
+            _limit_flags(p)
+    policy.set_defaults(func=cmd_policy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jupyter-vkeys`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

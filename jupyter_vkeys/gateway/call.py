@@ -1,0 +1,129 @@
+"""One call attempt as the warehouse records it.
+
+The data plane fills a :class:`Call` as the request goes through
+authentication, admission, relay and settlement, and hands
+:meth:`Call.event` to the event sink exactly once, answered, refused or failed.
+Column names follow the OpenTelemetry GenAI conventions where one exists
+(``gen_ai.operation.name`` -> ``operation``, ``gen_ai.provider.name`` ->
+``provider``, ``gen_ai.request.model`` -> ``request_model``,
+``gen_ai.response.model`` -> ``response_model``, ``gen_ai.usage.input_tokens``
+-> ``input_tokens``, ``gen_ai.usage.output_tokens`` -> ``output_tokens``,
+``gen_ai.response.finish_reasons`` -> ``finish_reason``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..keys import KeyRecord
+from ..pricing import Cost
+from ..usage import Usage
+
+SCHEMA_VERSION = 1
+
+
+def uuid7() -> str:
+    """A time-ordered UUID (version 7): millisecond timestamp then random bits."""
+    ms = time.time_ns() // 1_000_000
+    raw = ms.to_bytes(6, "big") + os.urandom(10)
+    value = int.from_bytes(raw, "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    return str(uuid.UUID(int=value))
+
+
+@dataclass
+class Call:
+    """The mutable record of one call, owned by its handler."""
+
+    operation: str
+    dialect: str
+    client: str = ""
+    request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex[:24])
+    started: float = field(default_factory=time.time)
+    first_byte: float | None = None
+    ended: float | None = None
+    upstream_started: float | None = None
+    upstream_headers_at: float | None = None
+    record: KeyRecord | None = None
+    provider: str = ""
+    request_model: str = ""
+    response_model: str = ""
+    stream: bool = False
+    status: str = "ok"
+    http_status: int = 200
+    error_type: str = ""
+    error_message: str = ""
+    finish_reason: str = ""
+    usage: Usage | None = None
+    usage_estimated: bool = False
+    cost: Cost | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    prompt_hash: str = ""
+    budget_warnings: list[str] = field(default_factory=list)
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    def event(self) -> dict[str, Any]:
+        """The flat event row (schema :data:`SCHEMA_VERSION`), written once per call."""
+        ended = self.ended or time.time()
+        record = self.record
+        usage = self.usage or Usage()
+        cost = self.cost
+        upstream_latency = ((self.upstream_headers_at - self.upstream_started)
+                            if self.upstream_started and self.upstream_headers_at else None)
+        metadata = dict(record.metadata) if record is not None else {}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": uuid7(),
+            "request_id": self.request_id,
+            "start_time": self.started,
+            "first_token_time": self.first_byte,
+            "end_time": ended,
+            "key_id": record.id if record else "",
+            "key_alias": record.alias if record else "",
+            "parent_key_id": record.parent_id if record else "",
+            "user": record.owner if record else "",
+            "team": record.team if record else "",
+            "project": record.project if record else "",
+            "kernel_id": str(metadata.get("kernel_id", "")),
+            "notebook_path": str(metadata.get("notebook_path", "")),
+            "client": self.client,
+            "provider": self.provider,
+            "operation": self.operation,
+            "request_model": self.request_model,
+            "response_model": self.response_model,
+            "stream": self.stream,
+            "status": self.status,
+            "http_status": self.http_status,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "finish_reason": self.finish_reason,
+            "input_tokens": usage.input_total,
+            "input_uncached_tokens": usage.input_uncached,
+            "cache_read_tokens": usage.cache_read,
+            "cache_write_tokens": usage.cache_write,
+            "output_tokens": usage.output,
+            "reasoning_tokens": usage.reasoning,
+            "usage_estimated": self.usage_estimated,
+            "cost_usd": cost.usd if cost and cost.status != "unpriced" else None,
+            "cost_input_usd": (cost.breakdown.get("input", 0) / 1e12) if cost else None,
+            "cost_cache_usd": ((cost.breakdown.get("cache_read", 0)
+                                + cost.breakdown.get("cache_write", 0)) / 1e12) if cost else None,
+            "cost_output_usd": (cost.breakdown.get("output", 0) / 1e12) if cost else None,
+            "price_version": cost.price_version if cost else "",
+            "pricing_status": cost.status if cost else "",
+            "latency_ms": (ended - self.started) * 1000,
+            "ttft_ms": (self.first_byte - self.started) * 1000 if self.first_byte else None,
+            "upstream_latency_ms": upstream_latency * 1000 if upstream_latency else None,
+            "request_bytes": self.request_bytes,
+            "response_bytes": self.response_bytes,
+            "prompt_hash": self.prompt_hash,
+            "budget_warning": "; ".join(self.budget_warnings),
+            "tags": {k: str(v) for k, v in metadata.items()
+                     if k not in ("kernel_id", "notebook_path")} | self.tags,
+        }

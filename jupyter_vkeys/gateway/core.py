@@ -1,0 +1,270 @@
+"""The gateway: configuration (``c.VKeysGateway.*``) and the running state it builds.
+
+:class:`VKeysGateway` is a traitlets ``LoggingConfigurable``: the standalone
+server (``jupyter vkeys serve``) and the Jupyter server extension both create
+one from their config, call :meth:`VKeysGateway.start` before serving and
+:meth:`VKeysGateway.stop` at shutdown, and mount :func:`.app.handlers`.
+It owns the store, the key registry, the policy engine, the price table, the
+model catalog, the upstream transports and the event sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from ..keys import KeyRecord
+from ..policy import PolicyEngine, parse_policy
+from ..policy.spec import check_scope
+from ..pricing import PriceTable
+from ..providers.catalog import DEFAULT_CATALOG, Catalog, ModelEntry
+from ..providers.config import DEFAULT_PROVIDERS, ProviderConfig, load_providers
+from ..providers.fake import FakeTransport
+from ..providers.transport import HttpTransport, Transport
+from ..registry import KeyRegistry
+from ..store import Store
+
+log = logging.getLogger("jupyter_vkeys")
+
+
+def default_data_dir() -> str:
+    """``<jupyter data dir>/vkeys``: where keys, the pepper and the warehouse live."""
+    from jupyter_core.paths import jupyter_data_dir
+
+    return os.path.join(jupyter_data_dir(), "vkeys")
+
+
+def _secret_file(path: Path, nbytes: int = 32) -> str:
+    """Read a secret kept in ``path`` or create it with mode 0600."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+class EventSink:
+    """Where call events go. The default keeps the last few in memory (for ``/api/me``
+    and tests); the warehouse journal replaces it."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.keep = keep
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Called by the data plane once per call, before the response ends."""
+        self.events.append(event)
+        if len(self.events) > self.keep * 2:
+            del self.events[:-self.keep]
+
+    def close(self) -> None:
+        """Flush and close; called at gateway shutdown."""
+
+
+class VKeysGateway(LoggingConfigurable):
+    """Configuration and runtime state of one gateway."""
+
+    data_dir = Unicode(help="Directory holding the key registry (SQLite), the pepper, the admin "
+                            "token and the warehouse. Default: <jupyter data dir>/vkeys.").tag(
+        config=True)
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return os.environ.get("VKEYS_DATA_DIR") or default_data_dir()
+
+    prefix = Unicode("/vkeys", help="URL prefix of every gateway route (after Jupyter's "
+                                    "base_url when running as an extension).").tag(config=True)
+    providers = Dict(help=(
+        "Upstream providers by name: {'openai': {'kind': 'openai', 'base_url': "
+        "'https://api.openai.com/v1', 'api_key_env': 'OPENAI_API_KEY'}, ...}. kind is openai "
+        "(any OpenAI-compatible server), anthropic or fake. The real key is read from "
+        "api_key_env or api_key_file, never from configuration.")).tag(config=True)
+
+    @default("providers")
+    def _default_providers(self) -> dict:
+        return {name: dict(spec) for name, spec in DEFAULT_PROVIDERS.items()}
+
+    models = List(help=("Model catalog: ordered entries {'match': name-or-glob, 'provider': "
+                        "name, 'upstream': optional upstream name, 'max_output_tokens': int, "
+                        "'dimensions': int}. The first match routes the call.")).tag(config=True)
+
+    @default("models")
+    def _default_models(self) -> list:
+        return [dict(e) for e in DEFAULT_CATALOG]
+
+    fake_mode = Enum(["auto", "always", "never"], "auto", help=(
+        "When to answer from the offline fake provider: auto = when no provider has credentials "
+        "(with a warning at start-up); always; never.")).tag(config=True)
+    fake_latency_ms = Float(0.0, help="Fake provider: delay before the first byte (ms); a "
+                                      "request may override it with x-vkeys-fake-latency-ms.").tag(
+        config=True)
+    fake_chunk_delay_ms = Float(0.0, help="Fake provider: delay between stream chunks (ms).").tag(
+        config=True)
+    max_body_bytes = Int(16 * 1024 * 1024, help="Largest request body accepted on the data plane; "
+                                                "larger ones get 413.").tag(config=True)
+    connect_timeout = Float(10.0, help="Seconds to connect to an upstream (then 502).").tag(
+        config=True)
+    read_timeout = Float(600.0, help="Seconds an upstream may stay silent, before its answer or "
+                                     "between stream chunks (then 504). Not a limit on the whole "
+                                     "call: streams may run for minutes.").tag(config=True)
+    admin_token = Unicode("", help="Bearer token of the standalone admin API. Default: "
+                                   "$VKEYS_ADMIN_TOKEN, else one generated into "
+                                   "<data_dir>/admin_token (mode 0600).").tag(config=True)
+    price_overrides = Dict(help=("Prices by model name that win over the genai-prices dataset, "
+                                 "USD per million tokens: {'my-model': {'input_mtok': 0.5, "
+                                 "'output_mtok': 1.5, 'cache_read_mtok': 0.05}}.")).tag(config=True)
+    fallback_price = Dict(None, allow_none=True, help=(
+        "Price applied to models with no known price (same keys as price_overrides). Without it, "
+        "budget-capped keys refuse unpriced models.")).tag(config=True)
+    timezone = Unicode("UTC", help="Time zone in which day/week/month budget windows start "
+                                   "(IANA name).").tag(config=True)
+    clamp_max_tokens = Bool(True, help=(
+        "When a request sets no max_tokens and its worst case exceeds the remaining budget: "
+        "True lowers max_tokens to what the budget affords; False refuses with 400.")).tag(
+        config=True)
+    cut_revoked_streams = Bool(False, help="Stop relaying a stream as soon as its key is "
+                                           "revoked (otherwise in-flight calls finish).").tag(
+        config=True)
+    forward_headers = List(["anthropic-version", "anthropic-beta", "openai-beta",
+                            "idempotency-key", "x-vkeys-fake-latency-ms",
+                            "x-vkeys-fake-chunk-delay-ms", "x-vkeys-fake-error"],
+                           help="Client request headers relayed upstream (all others are "
+                                "dropped; credentials are always replaced).").tag(config=True)
+
+    def __init__(self, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clock = clock
+        self.store: Store | None = None
+        self.registry: KeyRegistry | None = None
+        self.policy: PolicyEngine | None = None
+        self.prices: PriceTable | None = None
+        self.catalog: Catalog | None = None
+        self.provider_configs: dict[str, ProviderConfig] = {}
+        self.transports: dict[str, Transport] = {}
+        self.fake: FakeTransport | None = None
+        self.sink: EventSink = EventSink()
+        self.started_at = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the store, load keys and policies, resolve providers. Called once by the
+        server that hosts the gateway, before it accepts requests."""
+        data = Path(self.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        pepper = os.environ.get("VKEYS_PEPPER") or _secret_file(data / "pepper")
+        self.store = Store(data / "registry.sqlite")
+        self.registry = KeyRegistry(self.store, pepper.encode(), clock=self.clock)
+        self.policy = PolicyEngine(tz=ZoneInfo(self.timezone), clock=self.clock,
+                                   clamp_max_tokens=self.clamp_max_tokens)
+        self.policy.parents = self.registry.get
+        for scope, saved in self.store.load_policies().items():
+            self.policy.set_scope_policy(scope, parse_policy(saved))
+        self.prices = PriceTable(self.price_overrides, self.fallback_price)
+        self.catalog = Catalog(self.models)
+        self.provider_configs = load_providers(self.providers)
+        self._open_transports()
+        self._admin_token = self.admin_secret()
+        self.started_at = time.time()
+
+    def _open_transports(self) -> None:
+        real = [p for p in self.provider_configs.values() if p.kind != "fake" and p.has_credentials]
+        self.fake = FakeTransport(latency_ms=self.fake_latency_ms,
+                                  chunk_delay_ms=self.fake_chunk_delay_ms)
+        http = HttpTransport(connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
+        use_fake_for_all = self.fake_mode == "always" or (self.fake_mode == "auto" and not real)
+        for name, provider in self.provider_configs.items():
+            if provider.kind == "fake" or use_fake_for_all:
+                self.transports[name] = self.fake
+            elif provider.has_credentials:
+                self.transports[name] = http
+        if use_fake_for_all:
+            log.warning("jupyter-vkeys: no provider credentials configured; every model is "
+                        "answered by the OFFLINE FAKE provider (set OPENAI_API_KEY / "
+                        "ANTHROPIC_API_KEY or configure c.VKeysGateway.providers)")
+        else:
+            for name, provider in self.provider_configs.items():
+                if name not in self.transports:
+                    log.warning("jupyter-vkeys: provider %s has no credentials (%s); its models "
+                                "answer 503", name, provider.credential_source)
+        self._http = http
+
+    async def stop(self) -> None:
+        """Close upstream connections, the event sink and the store. Called at shutdown."""
+        await self._http.close()
+        self.sink.close()
+        if self.store is not None:
+            self.store.close()
+
+    # -- lookups used by the handlers --------------------------------------------------
+    def route(self, model: str) -> tuple[ModelEntry, ProviderConfig, Transport | None] | None:
+        """Catalog entry, provider and transport for ``model`` (None if not in the catalog)."""
+        entry = self.catalog.lookup(model)
+        if entry is None:
+            return None
+        provider = self.provider_configs.get(entry.provider)
+        if provider is None:
+            return None
+        return entry, provider, self.transports.get(entry.provider)
+
+    def is_fake(self, transport: Transport | None) -> bool:
+        """Whether ``transport`` is the in-process fake provider."""
+        return transport is self.fake
+
+    def admin_secret(self) -> str:
+        """The standalone admin API token (config, environment, or the generated file)."""
+        if getattr(self, "_admin_token", None):
+            return self._admin_token
+        if self.admin_token:
+            return self.admin_token
+        env = os.environ.get("VKEYS_ADMIN_TOKEN")
+        if env:
+            return env
+        return _secret_file(Path(self.data_dir) / "admin_token")
+
+    # -- control plane helpers ---------------------------------------------------------
+    def set_scope_policy(self, scope: str, fields: dict[str, Any] | None, *, actor: str,
+                         replace: bool = True) -> dict[str, Any] | None:
+        """Validate, persist (with audit) and install a scope policy; returns the saved dict."""
+        check_scope(scope)
+        if scope.startswith("key:"):
+            raise ValueError("key policies are changed with PATCH /api/keys/{id}")
+        before = self.store.load_policies().get(scope)
+        if fields is None:
+            after = None
+        else:
+            base = None if replace or before is None else parse_policy(before)
+            after = parse_policy(fields, base=base).as_dict() or None
+        self.store.save_policy(scope, before, after, actor=actor)
+        self.policy.set_scope_policy(scope, parse_policy(after) if after else None)
+        return after
+
+    def scope_report(self, scope: str) -> dict[str, Any]:
+        """Policy, spend, holds and reset times of a scope (admin API, widgets)."""
+        check_scope(scope)
+        if scope.startswith("key:"):
+            record = self.registry.get(scope[4:])
+            policy = self.policy.key_policy(record) if record else parse_policy(None)
+        else:
+            policy = self.policy.scope_policies.get(scope) or parse_policy(None)
+        return self.policy.report(scope, policy)
+
+    def key_report(self, record: KeyRecord) -> dict[str, Any]:
+        """A key's public record plus its limits and spend on every scope of its path."""
+        from ..store import public_view
+
+        view = public_view(record) or {}
+        view["state"] = record.state(self.clock())
+        view["limits"] = [self.scope_report(scope) for scope in self.policy.scope_path(record)]
+        return view

@@ -88,7 +88,13 @@ class RunningGateway:
         self._ready.set()
         self.loop.run_forever()
 
+    _stopped = False
+
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+
         async def shutdown() -> None:
             self.server.stop()
             await self.gateway.stop()

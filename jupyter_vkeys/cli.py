@@ -68,7 +68,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from .gateway.app import make_app
 
     gateway = build_gateway(args)
-    gateway.start()
+    await gateway.start()
     server = tornado.httpserver.HTTPServer(make_app(gateway), xheaders=False,
                                            max_body_size=gateway.max_body_bytes * 2 + (1 << 20),
                                            idle_connection_timeout=3600)
@@ -105,6 +105,9 @@ async def _serve(args: argparse.Namespace) -> int:
 class RemoteAdmin:
     """Admin calls over HTTP to a running gateway."""
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def __init__(self, url: str, token: str) -> None:
         self.url = url.rstrip("/") + "/api"
         self.token = token
@@ -128,10 +131,15 @@ class LocalAdmin:
     """Admin calls straight into the store (no gateway running for this data dir)."""
 
     def __init__(self, gateway) -> None:
-        gateway.log.setLevel(logging.ERROR)
         logging.getLogger("jupyter_vkeys").setLevel(logging.ERROR)
-        gateway.start()
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(gateway.start())
         self.gw = gateway
+
+    def close(self) -> None:
+        """Flush the audit rows to the warehouse and close the store."""
+        self.loop.run_until_complete(self.gw.stop())
+        self.loop.close()
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         from .policy import PolicyError
@@ -252,6 +260,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         result = admin.call("POST", f"/keys/{args.id}/revoke", {})
     else:
         result = admin.call("POST", f"/keys/{args.id}/rotate", {"grace_seconds": args.grace})
+    admin.close()
     _print(result, args.json)
     return 0
 
@@ -268,7 +277,82 @@ def cmd_policy(args: argparse.Namespace) -> int:
     else:
         result = admin.call("PUT" if args.action == "set" else "PATCH",
                             f"/policies/{args.scope}", _fields(args))
+    admin.close()
     _print(result, True)
+    return 0
+
+
+# -- warehouse -------------------------------------------------------------------------
+USAGE_DIMENSIONS = {"key": "key_id", "user": '"user"', "team": "team", "project": "project",
+                    "model": "request_model", "day": "date", "notebook": "notebook_path",
+                    "provider": "provider", "status": "status"}
+
+
+def _table(columns: list[str], rows: list[tuple]) -> str:
+    cells = [[str(c) for c in columns]] + [["" if v is None else (f"{v:.6f}" if isinstance(v, float)
+                                                                 else str(v)) for v in r]
+                                          for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _warehouse(args: argparse.Namespace):
+    from .warehouse import connect
+
+    gateway = build_gateway(args)
+    root = gateway.warehouse_dir or os.path.join(gateway.data_dir, "warehouse")
+    return connect(root)
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """``usage --by user,day``: calls, tokens and spend grouped by the given dimensions."""
+    dims = [d.strip() for d in args.by.split(",") if d.strip()]
+    unknown = [d for d in dims if d not in USAGE_DIMENSIONS]
+    if unknown:
+        raise SystemExit(f"error: unknown dimension(s) {unknown}; choose from "
+                         f"{', '.join(USAGE_DIMENSIONS)}")
+    con = _warehouse(args)
+    cols = [USAGE_DIMENSIONS[d] for d in dims]
+    where = []
+    params: list[Any] = []
+    if args.since:
+        where.append("start_time >= CAST(? AS TIMESTAMPTZ)")
+        params.append(args.since)
+    sql = (f"SELECT {', '.join(cols)}, count(*) AS calls, "
+           "count(*) FILTER (WHERE status = 'ok') AS ok, "
+           "sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, "
+           "round(sum(cost_pico) / 1e12, 6) AS spend_usd FROM events "
+           f"{'WHERE ' + ' AND '.join(where) if where else ''} "
+           f"GROUP BY ALL ORDER BY spend_usd DESC NULLS LAST, calls DESC")
+    result = con.execute(sql, params)
+    columns = dims + [d[0] for d in result.description][len(dims):]
+    rows = result.fetchall()
+    if args.json:
+        print(json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=2))
+    else:
+        print(_table(columns, rows))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """``sql "SELECT ..."``: any DuckDB query over the ``events`` and ``audit`` views."""
+    import duckdb
+
+    con = _warehouse(args)
+    try:
+        result = con.execute(args.query)
+    except duckdb.Error as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if result.description is None:
+        return 0
+    columns = [d[0] for d in result.description]
+    rows = result.fetchall()
+    if args.json:
+        print(json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=2))
+    else:
+        print(_table(columns, rows))
     return 0
 
 
@@ -336,6 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
         if action in ("set", "update"):
             _limit_flags(p)
     policy.set_defaults(func=cmd_policy)
+
+    usage = sub.add_parser("usage", help="spend by key/user/team/project/model/day")
+    _common(usage)
+    usage.add_argument("--by", default="user", help="comma-separated dimensions: "
+                                                   + ", ".join(USAGE_DIMENSIONS))
+    usage.add_argument("--since", help="only calls since this time (ISO 8601)")
+    usage.add_argument("--json", action="store_true")
+    usage.set_defaults(func=cmd_usage)
+
+    sql = sub.add_parser("sql", help="run a DuckDB query over the events and audit views")
+    _common(sql)
+    sql.add_argument("query")
+    sql.add_argument("--json", action="store_true")
+    sql.set_defaults(func=cmd_sql)
     return parser
 
 

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .keys import KeyRecord
 
@@ -84,6 +84,8 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
+        self._pending_audit: dict[str, Any] | None = None
+        self.on_audit: Callable[[dict[str, Any]], None] | None = None
 
     def close(self) -> None:
         """Close the database; called by the gateway's shutdown."""
@@ -149,17 +151,20 @@ class Store:
 
             def __exit__(self, exc_type, exc, tb) -> None:
                 store.db.execute("ROLLBACK" if exc_type else "COMMIT")
+                pending, store._pending_audit = store._pending_audit, None
+                if pending is not None and not exc_type and store.on_audit is not None:
+                    store.on_audit(pending)
 
         return _Tx()
 
-    @staticmethod
-    def _audit(db: sqlite3.Connection, actor: str, action: str, target: str, before: Any,
+    def _audit(self, db: sqlite3.Connection, actor: str, action: str, target: str, before: Any,
                after: Any) -> None:
-        db.execute("INSERT INTO audit (ts, actor, action, target, before, after) "
-                   "VALUES (?, ?, ?, ?, ?, ?)",
-                   (time.time(), actor, action, target,
-                    json.dumps(before) if before is not None else None,
-                    json.dumps(after) if after is not None else None))
+        row = {"ts": time.time(), "actor": actor, "action": action, "target": target,
+               "before": json.dumps(before) if before is not None else None,
+               "after": json.dumps(after) if after is not None else None}
+        cursor = db.execute("INSERT INTO audit (ts, actor, action, target, before, after) "
+                            "VALUES (:ts, :actor, :action, :target, :before, :after)", row)
+        self._pending_audit = {"seq": cursor.lastrowid, **row}
 
     @staticmethod
     def _row(record: KeyRecord) -> tuple:

@@ -77,7 +77,7 @@ class RunningGateway:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            self.gateway.start()
+            self.loop.run_until_complete(self.gateway.start())
             self.server = tornado.httpserver.HTTPServer(
                 make_app(self.gateway), max_body_size=self.gateway.max_body_bytes * 2 + (1 << 20))
             self.server.listen(self.port, "127.0.0.1")
@@ -235,3 +235,53 @@ def _no_real_provider_env(monkeypatch):
                  "VKEYS_ADMIN_TOKEN", "VKEYS_PEPPER", "VKEYS_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+class ServeProcess:
+    """``jupyter-vkeys serve`` in its own process (for crash and restart tests)."""
+
+    def __init__(self, data_dir: Path, config: dict | None = None, port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/vkeys"
+        self.admin_token = "test-admin-token-0123456789"
+        config_file = data_dir.parent / f"{data_dir.name}-config.json"
+        config_file.write_text(json.dumps({"VKeysGateway": {"roll_seconds": 0.5,
+                                                            **(config or {})}}))
+        self.log = open(data_dir.parent / f"{data_dir.name}-serve.log", "a")
+        full_env = {**os.environ, "VKEYS_ADMIN_TOKEN": self.admin_token, **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_vkeys.cli", "serve", "--data-dir", str(data_dir),
+             "--port", str(self.port), "--config", str(config_file)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/api/health", timeout=1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(Path(self.log.name).read_text())
+                time.sleep(0.1)
+        raise RuntimeError("gateway process did not start")
+
+    def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + "/api" + path, data=data, method=method,
+                                         headers={"Authorization": f"Bearer {self.admin_token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+        self.log.close()

@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..keys import KeyRecord
 from ..pricing import Cost
 from ..usage import Usage
@@ -65,8 +67,28 @@ class Call:
     request_bytes: int = 0
     response_bytes: int = 0
     prompt_hash: str = ""
+    prompt_text: str | None = None
+    upstream_wait: float = 0.0  # seconds spent awaiting the upstream (headers and chunks)
     budget_warnings: list[str] = field(default_factory=list)
     tags: dict[str, Any] = field(default_factory=dict)
+
+    def hold_row(self, hold_pico: int) -> dict[str, Any]:
+        """The journal row of an admitted call's budget hold (``status="hold"``).
+
+        If the gateway dies before :meth:`event` is written, recovery turns this row
+        into a ``lost`` event charged at the hold."""
+        record = self.record
+        metadata = record.metadata if record is not None else {}
+        return {"schema_version": SCHEMA_VERSION, "event_id": uuid7(),
+                "request_id": self.request_id, "start_time": self.started,
+                "key_id": record.id, "key_alias": record.alias,
+                "parent_key_id": record.parent_id, "user": record.owner, "team": record.team,
+                "project": record.project, "kernel_id": str(metadata.get("kernel_id", "")),
+                "notebook_path": str(metadata.get("notebook_path", "")), "client": self.client,
+                "provider": self.provider, "operation": self.operation,
+                "request_model": self.request_model, "stream": self.stream, "status": "hold",
+                "cost_pico": hold_pico, "pricing_status": "hold",
+                "request_bytes": self.request_bytes, "prompt_hash": self.prompt_hash}
 
     def event(self) -> dict[str, Any]:
         """The flat event row (schema :data:`SCHEMA_VERSION`), written once per call."""
@@ -111,6 +133,7 @@ class Call:
             "reasoning_tokens": usage.reasoning,
             "usage_estimated": self.usage_estimated,
             "cost_usd": cost.usd if cost and cost.status != "unpriced" else None,
+            "cost_pico": cost.pico if cost else 0,
             "cost_input_usd": (cost.breakdown.get("input", 0) / 1e12) if cost else None,
             "cost_cache_usd": ((cost.breakdown.get("cache_read", 0)
                                 + cost.breakdown.get("cache_write", 0)) / 1e12) if cost else None,
@@ -120,10 +143,14 @@ class Call:
             "latency_ms": (ended - self.started) * 1000,
             "ttft_ms": (self.first_byte - self.started) * 1000 if self.first_byte else None,
             "upstream_latency_ms": upstream_latency * 1000 if upstream_latency else None,
+            "gateway_overhead_ms": ((ended - self.started - self.upstream_wait) * 1000
+                                    if self.upstream_started else None),
             "request_bytes": self.request_bytes,
             "response_bytes": self.response_bytes,
             "prompt_hash": self.prompt_hash,
+            "prompt_text": self.prompt_text,
             "budget_warning": "; ".join(self.budget_warnings),
-            "tags": {k: str(v) for k, v in metadata.items()
-                     if k not in ("kernel_id", "notebook_path")} | self.tags,
+            "tags": orjson.dumps({k: str(v) for k, v in metadata.items()
+                                  if k not in ("kernel_id", "notebook_path")} | self.tags
+                                 ).decode(),
         }

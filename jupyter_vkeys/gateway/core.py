@@ -63,6 +63,12 @@ class EventSink:
         self.keep = keep
         self.events: list[dict[str, Any]] = []
 
+    def hold(self, row: dict[str, Any]) -> None:
+        """Called by the data plane when a call is admitted with a budget hold."""
+
+    def audit(self, row: dict[str, Any]) -> None:
+        """Called by the store after each admin action is committed."""
+
     def emit(self, event: dict[str, Any]) -> None:
         """Called by the data plane once per call, before the response ends."""
         self.events.append(event)
@@ -143,6 +149,23 @@ class VKeysGateway(LoggingConfigurable):
                            help="Client request headers relayed upstream (all others are "
                                 "dropped; credentials are always replaced).").tag(config=True)
 
+    warehouse = Bool(True, help="Record every call and admin action in the Parquet warehouse "
+                                "(off: events are kept in memory only).").tag(config=True)
+    warehouse_dir = Unicode(help="Root of the warehouse (journal/, events/, audit/). Default: "
+                                 "<data_dir>/warehouse.").tag(config=True)
+    roll_seconds = Float(10.0, help="Seconds after which the open journal segment is rolled "
+                                    "into Parquet (freshness of the Parquet files).").tag(
+        config=True)
+    fsync_interval = Float(1.0, help="Seconds between fsyncs of the journal (on a background "
+                                     "thread; every write reaches the OS at once).").tag(
+        config=True)
+    hash_notebook_paths = Bool(False, help="Store a hash of notebook paths instead of the "
+                                           "path in the warehouse.").tag(config=True)
+    retention_days = Int(0, help="Delete warehouse partitions older than this many days "
+                                 "(0 keeps everything).").tag(config=True)
+    log_content = Bool(False, help="Store prompts (prompt_text) in the warehouse. Off by "
+                                   "default: only a hash of the prompt is kept.").tag(config=True)
+
     def __init__(self, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.clock = clock
@@ -158,9 +181,9 @@ class VKeysGateway(LoggingConfigurable):
         self.started_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
-    def start(self) -> None:
-        """Open the store, load keys and policies, resolve providers. Called once by the
-        server that hosts the gateway, before it accepts requests."""
+    async def start(self) -> None:
+        """Open the store, load keys and policies, recover the warehouse and rebuild spend,
+        resolve providers. Called once, on the serving loop, before requests arrive."""
         data = Path(self.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         pepper = os.environ.get("VKEYS_PEPPER") or _secret_file(data / "pepper")
@@ -174,9 +197,39 @@ class VKeysGateway(LoggingConfigurable):
         self.prices = PriceTable(self.price_overrides, self.fallback_price)
         self.catalog = Catalog(self.models)
         self.provider_configs = load_providers(self.providers)
+        for entry in self.catalog.named_models():  # warm the price cache off the hot path
+            provider = self.provider_configs.get(entry.provider)
+            self.prices.rates(entry.match, provider.price_provider if provider else "")
         self._open_transports()
         self._admin_token = self.admin_secret()
+        if self.warehouse:
+            self._open_warehouse()
         self.started_at = time.time()
+
+    def _open_warehouse(self) -> None:
+        from ..warehouse.sink import WarehouseSink
+
+        root = Path(self.warehouse_dir or Path(self.data_dir) / "warehouse")
+        sink = WarehouseSink(root, roll_seconds=self.roll_seconds,
+                             fsync_interval=self.fsync_interval,
+                             hash_notebook_paths=self.hash_notebook_paths,
+                             retention_days=self.retention_days)
+        sink.open()
+        restored = 0
+        for path, spent in sink.rebuild_spend(self.policy.window_starts()):
+            scopes = [f"key:{path['key_id']}"]
+            if path["parent_key_id"]:
+                scopes.append(f"key:{path['parent_key_id']}")
+            scopes += [f"{kind}:{path[kind]}" for kind in ("user", "team", "project")
+                       if path[kind]]
+            scopes.append("global")
+            self.policy.restore_spend(scopes, spent)
+            restored += spent.get("total", 0)
+        if restored:
+            log.info("jupyter-vkeys: rebuilt budget counters from the warehouse "
+                     "(%s spent in total)", f"${restored / 1e12:,.6f}")
+        self.sink = sink
+        self.store.on_audit = sink.audit
 
     def _open_transports(self) -> None:
         real = [p for p in self.provider_configs.values() if p.kind != "fake" and p.has_credentials]

@@ -53,6 +53,10 @@ _CLAMP_FIELD = {"chat.completions": "max_completion_tokens", "completions": "max
 _PATHS = {"chat.completions": "/chat/completions", "completions": "/completions",
           "embeddings": "/embeddings", "responses": "/responses", "messages": "/v1/messages",
           "messages.count_tokens": "/v1/messages/count_tokens"}
+# Markers of the last event of a stream (held back until the call is journaled).
+_TERMINAL = b"data: [DONE]"
+_TERMINAL_ANTHROPIC = b"event: message_stop"
+_TERMINAL_RESPONSES = b"event: response.completed"
 _REFUSAL_STATUS = {"model": "refused_model", "unpriced": "refused_model",
                    "concurrency": "refused_rate", "rate_requests": "refused_rate",
                    "rate_tokens": "refused_rate", "budget": "refused_budget",
@@ -145,8 +149,8 @@ class ProxyHandler(DataPlaneHandler):
             self._task.cancel()
 
     async def post(self) -> None:
-        call = Call(self.operation, self.dialect,
-                    client=self.request.headers.get("User-Agent", "")[:200])
+        call = self._call = Call(self.operation, self.dialect,
+                                 client=self.request.headers.get("User-Agent", "")[:200])
         call.request_bytes = len(self.request.body)
         self._task = asyncio.current_task()
         try:
@@ -154,14 +158,31 @@ class ProxyHandler(DataPlaneHandler):
         except ApiError as error:
             call.status, call.http_status = error.event_status, error.status
             call.error_type, call.error_message = error.kind, error.message
+            self._conclude()
             self.send_api_error(error, call.request_id)
         except asyncio.CancelledError:
             call.status, call.http_status = "cancelled", 499
             call.error_type = "client_disconnected"
         finally:
-            call.ended = time.time()
             self._task = None
-            self.gateway.sink.emit(call.event())
+            self._conclude()
+
+    _ticket = None
+    _meter = None
+    _rates = None
+    _concluded = False
+
+    def _conclude(self) -> None:
+        """Settle the call's holds and journal its event, exactly once, before the client
+        gets the end of the response (a crash after this point loses nothing)."""
+        if self._concluded:
+            return
+        self._concluded = True
+        call = self._call
+        call.ended = time.time()
+        if self._ticket is not None:
+            self._settle(call, self._ticket, self._meter, self._rates)
+        self.gateway.sink.emit(call.event())
 
     # -- the path of one call ----------------------------------------------------------
     async def _handle(self, call: Call) -> None:
@@ -218,30 +239,32 @@ class ProxyHandler(DataPlaneHandler):
                                      model_max_output=entry.max_output_tokens)
         except Refusal as refusal:
             raise refusal_error(refusal) from None
+        self._ticket, self._rates = ticket, rates
         call.budget_warnings = list(ticket.warnings)
-        meter = None
-        try:
-            # The body goes upstream unchanged unless the gateway must change it.
-            changed = False
-            upstream_model = entry.upstream or admission.model
-            if upstream_model != model:
-                body["model"] = upstream_model
-                changed = True
-            if ticket.clamped_to is not None and self.operation in _CLAMP_FIELD:
-                body[_CLAMP_FIELD[self.operation]] = ticket.clamped_to
-                changed = True
-            strip_usage = False
-            if stream and self.operation in ("chat.completions", "completions"):
-                options = body.get("stream_options")
-                if not (isinstance(options, dict) and options.get("include_usage")):
-                    body["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                              "include_usage": True}
-                    strip_usage = changed = True
-            payload = orjson.dumps(body) if changed else raw
-            meter = meter_for(self.dialect, self.operation, stream, strip_usage)
-            await self._relay(call, provider, transport, body, payload, meter, ticket)
-        finally:
-            self._settle(call, ticket, meter, rates, admission.model)
+        if ticket.hold:
+            gw.sink.hold(call.hold_row(ticket.hold))
+        if gw.log_content:
+            call.prompt_text = orjson.dumps(body.get("messages") or body.get("input")
+                                            or body.get("prompt") or "").decode()
+        # The body goes upstream unchanged unless the gateway must change it.
+        changed = False
+        upstream_model = entry.upstream or admission.model
+        if upstream_model != model:
+            body["model"] = upstream_model
+            changed = True
+        if ticket.clamped_to is not None and self.operation in _CLAMP_FIELD:
+            body[_CLAMP_FIELD[self.operation]] = ticket.clamped_to
+            changed = True
+        strip_usage = False
+        if stream and self.operation in ("chat.completions", "completions"):
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                          "include_usage": True}
+                strip_usage = changed = True
+        payload = orjson.dumps(body) if changed else raw
+        self._meter = meter = meter_for(self.dialect, self.operation, stream, strip_usage)
+        await self._relay(call, provider, transport, body, payload, meter, ticket)
 
     async def _relay(self, call, provider, transport, body, payload, meter, ticket) -> None:
         gw = self.gateway
@@ -300,33 +323,53 @@ class ProxyHandler(DataPlaneHandler):
                 call.error_type, call.error_message = "upstream_status", data[:500].decode(
                     "utf-8", "replace")
             call.response_bytes = len(data)
+            call.upstream_wait = time.time() - call.upstream_started
+            self._conclude()
             self.finish(data)
             return
         revoked_check = self.gateway.cut_revoked_streams
         registry = self.gateway.registry
         key_id = call.record.id
+        clock = time.perf_counter
+        chunks = upstream.chunks().__aiter__()
+        deferred = b""
         try:
-            async for chunk in upstream.chunks():
+            while True:
+                waited = clock()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                call.upstream_wait += clock() - waited
                 out = meter.feed(chunk)
-                if out:
-                    if call.first_byte is None:
-                        call.first_byte = time.time()
-                    call.response_bytes += len(out)
-                    self.write(out)
-                    await self.flush()
+                if not out:
+                    continue
+                if _TERMINAL in out or _TERMINAL_ANTHROPIC in out or _TERMINAL_RESPONSES in out:
+                    deferred += out  # the end of the stream waits for the journal write
+                    continue
+                if call.first_byte is None:
+                    call.first_byte = time.time()
+                call.response_bytes += len(out)
+                self.write(out)
+                await self.flush()
                 if revoked_check and registry.records[key_id].revoked_at is not None:
                     call.status, call.error_type = "cancelled", "key_revoked"
                     self.request.connection.close()
                     return
-            tail = meter.finish()
-            if tail:
-                call.response_bytes += len(tail)
-                self.write(tail)
+            deferred += meter.finish()
+            call.upstream_wait += call.upstream_headers_at - call.upstream_started
+            call.response_bytes += len(deferred)
+            self._conclude()
+            if deferred:
+                if call.first_byte is None:
+                    call.first_byte = time.time()
+                self.write(deferred)
             await self.finish()
         except UpstreamError as exc:
             # Headers are out: the client sees the stream end early, the warehouse sees why.
             call.status = "timeout" if exc.kind == "timeout" else "upstream_error"
             call.error_type, call.error_message = exc.kind, exc.message
+            self._conclude()
             self.request.connection.close()
         except tornado.iostream.StreamClosedError:
             call.status, call.http_status, call.error_type = "cancelled", 499, "client_disconnected"
@@ -338,7 +381,7 @@ class ProxyHandler(DataPlaneHandler):
         return ApiError(502, "upstream", f"upstream unreachable: {exc.message}",
                         event_status="upstream_error")
 
-    def _settle(self, call: Call, ticket, meter, rates, model: str) -> None:
+    def _settle(self, call: Call, ticket, meter, rates) -> None:
         """Replace the hold with what the call actually cost; never raises."""
         usage = meter.usage if meter is not None else None
         if usage is None and meter is not None and (meter.deltas or call.first_byte):

@@ -27,8 +27,8 @@ from ..keys import KeyRecord
 from ..money import format_usd, pico_to_usd
 from ..pricing import ModelRates
 from .limits import BudgetWindow, SlidingWindow
-from .spec import EMPTY, Policy, parse_policy
-from .windows import iso
+from .spec import EMPTY, PERIODS, Policy, parse_policy
+from .windows import iso, window
 
 
 class Refusal(Exception):
@@ -326,10 +326,17 @@ class PolicyEngine:
         for window, entry in ticket.token_entries:
             window.adjust(entry, tokens)
         for counter, generation in ticket.holds:
-            if counter.generation != generation:
-                continue  # the window rolled over while the call ran; it belongs to the old one
-            counter.held -= ticket.hold
-            counter.spent += cost_pico
+            if counter.generation == generation:  # else the window rolled while the call ran
+                counter.held -= ticket.hold
+        # Spend is counted on every window of every scope, capped or not, so a budget
+        # added later (or a restart) knows what was already spent in its window.
+        if cost_pico:
+            now = self.clock()
+            for state, _ in ticket.admission.path:
+                for period in PERIODS:
+                    counter = state.budget(period, self.tz, now)
+                    if counter.start <= ticket.started:
+                        counter.spent += cost_pico
         for state, policy in ticket.admission.path:
             for budget in policy.budgets:
                 counter = state.budgets.get(budget.period)
@@ -340,17 +347,26 @@ class PolicyEngine:
                                    f"{budget.soft:.0%} of {format_usd(budget.pico)}")
         return crossed
 
-    def record_spend(self, scopes: Iterable[str], at: float, cost_pico: int) -> None:
-        """Add spend recorded earlier (warehouse replay at start-up) to current windows."""
+    def window_starts(self) -> dict[str, float]:
+        """Start of the current window of each period (for rebuilding spend at start-up)."""
+        now = self.clock()
+        return {period: window(period, now, self.tz)[0] for period in PERIODS}
+
+    def restore_spend(self, scopes: Iterable[str], spent: dict[str, int]) -> None:
+        """Add spend found in the warehouse (``period -> pico-USD`` in the current
+        windows) to ``scopes``. Called once at start-up, before serving."""
+        now = self.clock()
         for scope in scopes:
             state = self.state(scope)
-            policy = self.scope_policies.get(scope) if not scope.startswith("key:") else None
-            periods = [b.period for b in policy.budgets] if policy else ["day", "week", "month",
-                                                                        "total"]
-            for period in periods:
-                counter = state.budget(period, self.tz, self.clock())
-                if counter.start <= at < counter.end:
-                    counter.spent += cost_pico
+            for period, pico in spent.items():
+                if pico:
+                    state.budget(period, self.tz, now).spent += pico
+
+    def spent(self, scope: str) -> dict[str, int]:
+        """Spend of ``scope`` in the current window of each period (pico-USD)."""
+        now = self.clock()
+        state = self.state(scope)
+        return {period: state.budget(period, self.tz, now).spent for period in PERIODS}
 
     @staticmethod
     def _rate_headers(kind: str, limit: int, remaining: int, reset: float) -> dict[str, str]:

@@ -24,8 +24,8 @@ import orjson
 from ..keys import KeyRecord
 from ..pricing import Cost
 from ..usage import Usage
+from ..warehouse.version import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
 
 
 def uuid7() -> str:

@@ -214,15 +214,16 @@ class VKeysGateway(LoggingConfigurable):
                              fsync_interval=self.fsync_interval,
                              hash_notebook_paths=self.hash_notebook_paths,
                              retention_days=self.retention_days)
-        sink.open()
         restored = 0
-        for path, spent in sink.rebuild_spend(self.policy.window_starts()):
+        starts = self.policy.window_starts()
+        for path in sink.open(starts):
             scopes = [f"key:{path['key_id']}"]
             if path["parent_key_id"]:
                 scopes.append(f"key:{path['parent_key_id']}")
             scopes += [f"{kind}:{path[kind]}" for kind in ("user", "team", "project")
                        if path[kind]]
             scopes.append("global")
+            spent = {period: path[period] for period in starts}
             self.policy.restore_spend(scopes, spent)
             restored += spent.get("total", 0)
         if restored:
@@ -235,13 +236,18 @@ class VKeysGateway(LoggingConfigurable):
         real = [p for p in self.provider_configs.values() if p.kind != "fake" and p.has_credentials]
         self.fake = FakeTransport(latency_ms=self.fake_latency_ms,
                                   chunk_delay_ms=self.fake_chunk_delay_ms)
-        http = HttpTransport(connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
         use_fake_for_all = self.fake_mode == "always" or (self.fake_mode == "auto" and not real)
         for name, provider in self.provider_configs.items():
             if provider.kind == "fake" or use_fake_for_all:
                 self.transports[name] = self.fake
             elif provider.has_credentials:
-                self.transports[name] = http
+                context = None
+                if provider.ca_file:
+                    import ssl
+                    context = ssl.create_default_context(cafile=provider.ca_file)
+                self.transports[name] = HttpTransport(connect_timeout=self.connect_timeout,
+                                                      read_timeout=self.read_timeout,
+                                                      ssl_context=context)
         if use_fake_for_all:
             log.warning("jupyter-vkeys: no provider credentials configured; every model is "
                         "answered by the OFFLINE FAKE provider (set OPENAI_API_KEY / "
@@ -251,11 +257,11 @@ class VKeysGateway(LoggingConfigurable):
                 if name not in self.transports:
                     log.warning("jupyter-vkeys: provider %s has no credentials (%s); its models "
                                 "answer 503", name, provider.credential_source)
-        self._http = http
 
     async def stop(self) -> None:
         """Close upstream connections, the event sink and the store. Called at shutdown."""
-        await self._http.close()
+        for transport in set(self.transports.values()):
+            await transport.close()
         self.sink.close()
         if self.store is not None:
             self.store.close()

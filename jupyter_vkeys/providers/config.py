@@ -44,6 +44,7 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
     price_provider: str = ""
+    ca_file: str = ""
     credential_source: str = ""
     api_key: str = field(default="", repr=False, compare=False)
 
@@ -88,7 +89,7 @@ def load_providers(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Provider
         if not isinstance(spec, Mapping):
             raise ValueError(f"provider {name!r}: expected an object, got {spec!r}")
         unknown = set(spec) - {"kind", "base_url", "api_key_env", "api_key_file", "auth_header",
-                               "headers", "query", "price_provider", "api_key"}
+                               "headers", "query", "price_provider", "api_key", "ca_file"}
         if unknown:
             raise ValueError(f"provider {name!r}: unknown settings {sorted(unknown)}")
         kind = spec.get("kind", "openai")
@@ -101,5 +102,5 @@ def load_providers(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Provider
             headers=dict(spec.get("headers", {})), query=dict(spec.get("query", {})),
             price_provider=str(spec.get("price_provider", name if name in ("openai", "anthropic")
                                         else "")),
-            credential_source=source, api_key=key)
+            ca_file=str(spec.get("ca_file", "")), credential_source=source, api_key=key)
     return providers

@@ -4,11 +4,13 @@ The gateway appends one line per event (and per budget hold, and per admin
 action) with a single ``os.write`` on the event loop: no buffering in the
 process, so a killed process loses nothing the OS has. ``fsync`` runs on a
 background thread every ``fsync_interval`` seconds, never on the loop.
-Segments roll by size or age; a closed segment is handed to ``on_closed``
-(the Parquet writer), which turns it into Parquet and deletes it.
 
-Segment files are ``<dataset>-<segment id>.jsonl`` where the id is the
-microsecond time of its creation, so ids grow across restarts.
+An open segment is ``<dataset>-<segment id>.open``; rolling it (by size, or by
+age on the sink's timer) hands it to the background thread, which fsyncs,
+closes and renames it to ``.jsonl``: the signal for the Parquet writer process
+that it is complete. Segment ids are the microsecond time of creation, so they
+grow across restarts. Nothing here imports pyarrow or DuckDB: the gateway
+process stays small.
 """
 
 from __future__ import annotations
@@ -17,29 +19,18 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
 DATASETS = ("events", "audit")
+OPEN_SUFFIX = ".open"
+CLOSED_SUFFIX = ".jsonl"
 
 
 def segment_id_of(path: Path) -> str:
-    """The segment id in a journal file name (``events-0001700000000000.jsonl``)."""
+    """The segment id in a journal file name (``events-00017000000000000.jsonl``)."""
     return path.stem.split("-", 1)[1]
-
-
-def repair_tail(path: Path) -> None:
-    """Cut a segment after its last complete line (a crash can leave half a line)."""
-    size = path.stat().st_size
-    if size == 0:
-        return
-    with open(path, "rb+") as f:
-        f.seek(max(size - 1, 0))
-        if f.read(1) == b"\n":
-            return
-        data = path.read_bytes()
-        f.truncate(data.rfind(b"\n") + 1)
 
 
 class _Segment:
@@ -47,31 +38,31 @@ class _Segment:
 
     def __init__(self, directory: Path, dataset: str, segment_id: str) -> None:
         self.dataset = dataset
-        self.path = directory / f"{dataset}-{segment_id}.jsonl"
+        self.path = directory / f"{dataset}-{segment_id}{OPEN_SUFFIX}"
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = 0
         self.opened = time.monotonic()
 
 
 class Journal:
-    """Open journal segments of every dataset, with batched fsync.
+    """Open journal segments of every dataset, with batched fsync off the loop.
 
     Created by the warehouse sink at gateway start-up; :meth:`append` is called
     on the event loop, :meth:`roll` by the sink's timer, :meth:`close` at shutdown.
     """
 
     def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20,
-                 fsync_interval: float = 1.0,
-                 on_closed: Callable[[Path], None] | None = None) -> None:
+                 fsync_interval: float = 1.0) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
         self.fsync_interval = fsync_interval
-        self.on_closed = on_closed
         self._segments: dict[str, _Segment] = {}
         self._lock = threading.Lock()
         self._dirty: set[int] = set()
-        self._stop = threading.Event()
+        self._closing: list[_Segment] = []
+        self._wake = threading.Event()
+        self._stop = False
         self._last_id = 0
         self._syncer = threading.Thread(target=self._sync_loop, name="vkeys-journal-fsync",
                                         daemon=True)
@@ -82,73 +73,81 @@ class Journal:
         self._last_id = max(now, self._last_id + 1)
         return f"{self._last_id:017d}"
 
-    def append(self, dataset: str, row: dict[str, Any]) -> None:
-        """Write one row as a JSON line (one ``write`` to the OS; no fsync here)."""
-        line = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+    def _segment(self, dataset: str) -> _Segment:
         segment = self._segments.get(dataset)
         if segment is None:
             segment = self._segments[dataset] = _Segment(self.directory, dataset, self._new_id())
-        os.write(segment.fd, line)
-        segment.size += len(line)
-        self._dirty.add(segment.fd)
+        return segment
+
+    def append(self, dataset: str, row: dict[str, Any]) -> None:
+        """Write one row as a JSON line (one ``write`` to the OS; no fsync here)."""
+        self.write(dataset, orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+
+    def append_many(self, dataset: str, rows: list[dict[str, Any]]) -> None:
+        """Write several rows with one ``write`` (carried-forward holds, recovery)."""
+        if rows:
+            self.write(dataset, b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE)
+                                         for r in rows))
+
+    def write(self, dataset: str, data: bytes) -> None:
+        """Append already-encoded JSON lines."""
+        segment = self._segment(dataset)
+        os.write(segment.fd, data)
+        segment.size += len(data)
+        if segment.fd not in self._dirty:
+            with self._lock:
+                self._dirty.add(segment.fd)
         if segment.size >= self.segment_bytes:
             self.roll(dataset)
 
-    def append_many(self, dataset: str, rows: list[dict[str, Any]]) -> None:
-        """Write several rows with one ``write`` (used for carried-forward holds and replay)."""
-        if not rows:
-            return
-        data = b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows)
-        segment = self._segments.get(dataset)
-        if segment is None:
-            segment = self._segments[dataset] = _Segment(self.directory, dataset, self._new_id())
-        os.write(segment.fd, data)
-        segment.size += len(data)
-        self._dirty.add(segment.fd)
-
     def age(self, dataset: str) -> float:
-        """Seconds since the open segment of ``dataset`` was created (0 if none)."""
+        """Seconds since the open segment of ``dataset`` was created (0 if empty)."""
         segment = self._segments.get(dataset)
         return time.monotonic() - segment.opened if segment and segment.size else 0.0
 
-    def roll(self, dataset: str) -> Path | None:
-        """Close the open segment of ``dataset`` (fsynced) and hand it to ``on_closed``."""
+    def roll(self, dataset: str) -> bool:
+        """Hand the open segment of ``dataset`` to the background thread to fsync, close and
+        rename to ``.jsonl``. Returns whether a segment was rolled."""
         segment = self._segments.pop(dataset, None)
         if segment is None:
-            return None
+            return False
         with self._lock:
-            os.fsync(segment.fd)
-            os.close(segment.fd)
             self._dirty.discard(segment.fd)
-        if segment.size == 0:
-            segment.path.unlink(missing_ok=True)
-            return None
-        if self.on_closed is not None:
-            self.on_closed(segment.path)
-        return segment.path
+            self._closing.append(segment)
+        self._wake.set()
+        return True
 
-    def closed_segments(self, dataset: str) -> list[Path]:
-        """Segments on disk that are not open for writing, oldest first."""
-        open_paths = {s.path for s in self._segments.values()}
-        return sorted(p for p in self.directory.glob(f"{dataset}-*.jsonl") if p not in open_paths)
+    def _finish(self, segment: _Segment) -> None:
+        os.fsync(segment.fd)
+        os.close(segment.fd)
+        if segment.size:
+            os.replace(segment.path, segment.path.with_suffix(CLOSED_SUFFIX))
+        else:
+            segment.path.unlink(missing_ok=True)
 
     def sync(self) -> None:
-        """fsync every segment written since the last sync (the background thread's job)."""
+        """fsync every segment written since the last sync; finish rolled segments."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
+            closing, self._closing = self._closing, []
             for fd in dirty:
-                try:
-                    os.fsync(fd)
-                except OSError:
-                    pass  # closed by a roll in between: roll fsynced it already
+                os.fsync(fd)
+        for segment in closing:
+            self._finish(segment)
 
     def _sync_loop(self) -> None:
-        while not self._stop.wait(self.fsync_interval):
+        while True:
+            self._wake.wait(self.fsync_interval)
+            self._wake.clear()
             self.sync()
+            if self._stop:
+                return
 
-    def close(self) -> list[Path]:
-        """Roll every dataset and stop the fsync thread; returns the closed segments."""
-        closed = [p for p in (self.roll(d) for d in list(self._segments)) if p is not None]
-        self._stop.set()
-        self._syncer.join(5)
-        return closed
+    def close(self) -> None:
+        """Roll every dataset, finish them, and stop the background thread."""
+        for dataset in list(self._segments):
+            self.roll(dataset)
+        self._stop = True
+        self._wake.set()
+        self._syncer.join(10)
+        self.sync()

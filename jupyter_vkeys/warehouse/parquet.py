@@ -2,7 +2,8 @@
 
 Layout under ``<data_dir>/warehouse``::
 
-    journal/events-<segment id>.jsonl          open or not yet converted
+    journal/events-<segment id>.open           being written by the gateway
+    journal/events-<segment id>.jsonl          complete, not yet converted
     events/date=YYYY-MM-DD/seg-<id>.parquet    one segment's rows of that day
     events/date=YYYY-MM-DD/compact-<first>-<last>.parquet   merged segments
     audit/date=YYYY-MM-DD/...                  same for admin actions
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from .journal import repair_tail, segment_id_of
+from .journal import CLOSED_SUFFIX, OPEN_SUFFIX, segment_id_of
 from .schema import PARTITION_TIME, SCHEMAS, TIME_COLUMNS, journal_schema
 
 _SEG_RE = re.compile(r"^seg-(\d+)\.parquet$")
@@ -86,7 +87,6 @@ def convert_segment(path: Path, root: Path) -> int:
     deleted rewrites the same file names with the same rows.
     """
     dataset = path.name.split("-", 1)[0]
-    repair_tail(path)
     table = typed(read_segment(path, dataset), dataset)
     segment_id = segment_id_of(path)
     for date, part in _partitions(table, dataset).items():
@@ -147,7 +147,9 @@ def snapshot(root: Path, dataset: str) -> Snapshot:
         if m:
             converted.add(m.group(1))
     journal = []
-    for p in sorted((root / "journal").glob(f"{dataset}-*.jsonl")):
+    segments = [p for suffix in (CLOSED_SUFFIX, OPEN_SUFFIX)
+                for p in (root / "journal").glob(f"{dataset}-*{suffix}")]
+    for p in sorted(segments, key=segment_id_of):
         seg = segment_id_of(p)
         if seg in converted or any(lo <= seg <= hi for lo, hi in ranges):
             continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+from .version import SCHEMA_VERSION
 TS = pa.timestamp("us", tz="UTC")
 
 # (name, arrow type in Parquet, description); timestamps arrive as epoch floats.

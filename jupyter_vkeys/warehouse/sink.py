@@ -1,4 +1,4 @@
-"""The gateway's side of the warehouse: journal every call, roll to Parquet, recover.
+"""The gateway's side of the warehouse: journal every call, recover, start the writer.
 
 :class:`WarehouseSink` is the gateway's event sink. The data plane calls
 :meth:`~WarehouseSink.hold` when a call is admitted (its worst-case cost, so a
@@ -6,36 +6,37 @@ crash mid-call is charged, not forgotten) and :meth:`~WarehouseSink.emit` once
 when it ends, before the client receives the end of the response. The store
 calls :meth:`~WarehouseSink.audit` for every admin action.
 
-At start-up, :meth:`~WarehouseSink.open` converts what a previous process left
+At start-up, :meth:`~WarehouseSink.open` recovers what a previous process left
 in the journal (holds with no final event become ``lost`` events charged at
-their hold) and :meth:`~WarehouseSink.rebuild_spend` gives the policy engine
-the spend of every current window, so a restart neither forgets spend nor
-counts it twice.
+their hold), runs the writer once to convert it and to sum the spend of every
+current budget window (returned for the policy engine), then starts the writer
+process that turns rolled segments into Parquet from then on. This module
+imports no pyarrow or DuckDB: those live in the writer process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
-import shutil
+import os
+import subprocess
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
+import orjson
 
-from .journal import Journal
-from .parquet import compact_partition, convert_segment, read_segment, snapshot
-from .schema import SCHEMA_VERSION
+from .journal import CLOSED_SUFFIX, OPEN_SUFFIX, Journal
+from .version import SCHEMA_VERSION
 
 log = logging.getLogger("jupyter_vkeys.warehouse")
 
 
 class WarehouseSink:
-    """Journal + Parquet writer of one gateway process."""
+    """Journal of one gateway process, plus its Parquet writer child process."""
 
     def __init__(self, root: Path, *, roll_seconds: float = 10.0, segment_bytes: int = 64 << 20,
                  fsync_interval: float = 1.0, hash_notebook_paths: bool = False,
@@ -50,33 +51,47 @@ class WarehouseSink:
         self.events: list[dict[str, Any]] = []
         self.open_holds: dict[str, dict[str, Any]] = {}
         self.journal: Journal | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vkeys-parquet")
+        self.writer: subprocess.Popen | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.lost_on_recovery = 0
 
     # -- lifecycle -----------------------------------------------------------------
-    def open(self) -> None:
-        """Recover what a previous process left, then open the journal. Called at start-up."""
-        (self.root / "journal").mkdir(parents=True, exist_ok=True)
-        self._recover()
-        self.journal = Journal(self.root / "journal", segment_bytes=self.segment_bytes,
-                               fsync_interval=self.fsync_interval, on_closed=self._convert_later)
+    def open(self, window_starts: dict[str, float]) -> list[dict[str, Any]]:
+        """Recover, convert, start the writer; returns spend per key path and window.
+
+        Called once by the gateway at start-up, on its event loop.
+        """
+        journal_dir = self.root / "journal"
+        journal_dir.mkdir(parents=True, exist_ok=True)
+        self._recover(journal_dir)
+        spend = self._run_writer_once(window_starts)
+        self.journal = Journal(journal_dir, segment_bytes=self.segment_bytes,
+                               fsync_interval=self.fsync_interval)
+        self.writer = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_vkeys.warehouse.writer", str(self.root),
+             "--parent", str(os.getpid()), "--retention-days", str(self.retention_days)],
+            stdin=subprocess.DEVNULL)
         try:
-            self._loop = asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(min(self.roll_seconds, 1.0), self._tick, loop)
         except RuntimeError:
-            self._loop = None
-        if self._loop is not None:
-            self._timer = self._loop.call_later(min(self.roll_seconds, 1.0), self._tick)
-        self._executor.submit(self._maintain)
+            pass  # no loop (CLI): segments roll at close
+        return spend
 
     def close(self) -> None:
-        """Roll and convert everything; called at gateway shutdown."""
+        """Roll everything and let the writer convert it; called at gateway shutdown."""
         if self._timer is not None:
             self._timer.cancel()
         if self.journal is not None:
             self.journal.close()
-        self._executor.shutdown(wait=True)
+        if self.writer is not None and self.writer.poll() is None:
+            self.writer.terminate()  # the writer converts what is left, then exits
+            try:
+                self.writer.wait(60)
+            except subprocess.TimeoutExpired:
+                self.writer.kill()
+        if any((self.root / "journal").glob(f"*{CLOSED_SUFFIX}")):
+            self._run_writer_once({})  # the writer was stopped before it could finish
 
     # -- called by the gateway -------------------------------------------------------
     def hold(self, row: dict[str, Any]) -> None:
@@ -101,103 +116,86 @@ class WarehouseSink:
             self.journal.append("audit", {"schema_version": SCHEMA_VERSION, **row})
 
     def flush(self) -> None:
-        """Roll the open segments now (tests and ``jupyter vkeys`` maintenance)."""
+        """Roll the open segments now (tests, maintenance)."""
         for dataset in ("events", "audit"):
             self._roll(dataset)
 
-    def wait_converted(self) -> None:
-        """Block until every queued conversion ran (tests, benchmarks)."""
-        self._executor.submit(lambda: None).result()
+    def wait_converted(self, timeout: float = 30.0) -> None:
+        """Block until the writer converted every rolled segment (tests, benchmarks)."""
+        journal_dir = self.root / "journal"
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.journal.sync()
+            if not any(journal_dir.glob(f"*{CLOSED_SUFFIX}")):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the Parquet writer did not catch up")
 
     # -- internals -------------------------------------------------------------------
     def _roll(self, dataset: str) -> None:
-        if self.journal.roll(dataset) is not None and dataset == "events" and self.open_holds:
-            # Holds of calls still in flight move to the new segment, so a crash
+        if self.journal.roll(dataset) and dataset == "events" and self.open_holds:
+            # Holds of calls still in flight move to the new segment, so that a crash
             # after the old segment's conversion still finds them.
             self.journal.append_many("events", list(self.open_holds.values()))
 
-    def _tick(self) -> None:
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         for dataset in ("events", "audit"):
             if self.journal.age(dataset) >= self.roll_seconds:
                 self._roll(dataset)
-        self._timer = self._loop.call_later(min(self.roll_seconds, 1.0), self._tick)
+        if self.writer is not None and self.writer.poll() is not None:
+            log.error("the warehouse writer process exited (%s); restarting it",
+                      self.writer.returncode)
+            self.writer = subprocess.Popen(self.writer.args, stdin=subprocess.DEVNULL)
+        self._timer = loop.call_later(min(self.roll_seconds, 1.0), self._tick, loop)
 
-    def _convert_later(self, path: Path) -> None:
-        self._executor.submit(self._convert, path)
+    def _run_writer_once(self, window_starts: dict[str, float]) -> list[dict[str, Any]]:
+        if not any((self.root / "journal").glob(f"*{CLOSED_SUFFIX}")) and not any(
+                (self.root / "events").glob("date=*/*.parquet")):
+            return []  # a new warehouse: nothing to convert or sum
+        result = subprocess.run(
+            [sys.executable, "-m", "jupyter_vkeys.warehouse.writer", str(self.root), "--once",
+             "--windows", json.dumps(window_starts)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"warehouse recovery failed: {result.stderr[-2000:]}")
+        return json.loads(result.stdout or "[]")
 
-    def _convert(self, path: Path) -> None:
-        try:
-            convert_segment(path, self.root)
-        except Exception:  # keep the segment: the next start-up retries it
-            log.exception("could not convert journal segment %s to Parquet", path.name)
-
-    def _recover(self) -> None:
-        journal_dir = self.root / "journal"
-        segments = sorted(journal_dir.glob("events-*.jsonl"))
+    def _recover(self, journal_dir: Path) -> None:
+        """Close what a killed process left open; turn orphaned holds into ``lost`` events."""
+        leftovers = sorted(journal_dir.glob(f"events-*{OPEN_SUFFIX}")) + sorted(
+            journal_dir.glob(f"events-*{CLOSED_SUFFIX}"))
         holds: dict[str, dict[str, Any]] = {}
         finished: set[str] = set()
-        for path in segments:
-            table = read_segment(path, "events")
-            for row in table.select(["request_id", "status"]).to_pylist():
-                if row["status"] != "hold":
-                    finished.add(row["request_id"])
-            for row in table.filter(pc.equal(table["status"], "hold")).to_pylist():
-                holds[row["request_id"]] = row
+        for path in leftovers:
+            for line in path.read_bytes().split(b"\n"):
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a half-written last line
+                if row.get("status") == "hold":
+                    holds[row["request_id"]] = row
+                else:
+                    finished.add(row.get("request_id"))
         lost = [self._lost(row) for rid, row in holds.items() if rid not in finished]
+        self.lost_on_recovery = len(lost)
+        for path in journal_dir.glob(f"*{OPEN_SUFFIX}"):
+            data = path.read_bytes()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):
+                with open(path, "rb+") as f:
+                    f.truncate(end)
+            os.replace(path, path.with_suffix(CLOSED_SUFFIX))
         if lost:
             recovery = Journal(journal_dir, fsync_interval=3600)
             recovery.append_many("events", lost)
             recovery.close()
             log.warning("recovered %d calls that were in flight when the gateway stopped; each "
                         "is charged its hold (status 'lost')", len(lost))
-        self.lost_on_recovery = len(lost)
-        for path in sorted(journal_dir.glob("*.jsonl")):
-            convert_segment(path, self.root)
 
     @staticmethod
     def _lost(hold: dict[str, Any]) -> dict[str, Any]:
-        row = {k: v for k, v in hold.items() if v is not None}
+        row = dict(hold)
         row.update(status="lost", http_status=0, error_type="gateway_stopped",
                    error_message="the gateway stopped before this call ended; charged its hold",
                    cost_usd=hold["cost_pico"] / 1e12, pricing_status="hold",
                    end_time=time.time())
         return row
-
-    def _maintain(self) -> None:
-        """Compact past days and apply retention (runs on the writer thread)."""
-        try:
-            today = datetime.now(timezone.utc).date()
-            for dataset in ("events", "audit"):
-                for partition in sorted((self.root / dataset).glob("date=*")):
-                    day = datetime.strptime(partition.name[5:], "%Y-%m-%d").date()
-                    if self.retention_days and day < today - timedelta(days=self.retention_days):
-                        shutil.rmtree(partition, ignore_errors=True)
-                    elif day < today:
-                        compact_partition(partition)
-        except Exception:
-            log.exception("warehouse maintenance failed")
-
-    def rebuild_spend(self, window_starts: dict[str, float]) -> list[tuple[dict, dict[str, int]]]:
-        """Spend per key path in each current window, from the Parquet files.
-
-        Returns ``[(path, {period: pico})]`` where ``path`` has ``key_id``,
-        ``parent_key_id``, ``user``, ``team``, ``project``.
-        """
-        import duckdb
-
-        files = snapshot(self.root, "events").parquet
-        if not files:
-            return []
-        listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
-        filters = ", ".join(
-            f"COALESCE(SUM(cost_pico) FILTER (WHERE epoch_us(start_time) >= "
-            f"{int(start * 1e6)}), 0)::BIGINT AS {period}" for period, start in
-            window_starts.items())
-        con = duckdb.connect()
-        rows = con.execute(
-            f"SELECT key_id, parent_key_id, \"user\", team, project, {filters} "
-            f"FROM read_parquet([{listing}]) WHERE cost_pico > 0 GROUP BY ALL").fetchall()
-        con.close()
-        periods = list(window_starts)
-        return [({"key_id": r[0], "parent_key_id": r[1], "user": r[2], "team": r[3],
-                  "project": r[4]}, dict(zip(periods, r[5:]))) for r in rows]

@@ -1,0 +1,134 @@
+"""The Parquet writer process: ``python -m jupyter_vkeys.warehouse.writer ROOT``.
+
+Started by the gateway's warehouse sink as a child process, so that pyarrow,
+DuckDB and their memory stay out of the gateway process and Parquet encoding
+never competes with the event loop for the GIL. It converts every complete
+journal segment (``*.jsonl``) into Parquet, compacts past days and applies
+retention, and exits (after converting what is left) when told to stop or
+when its parent gateway is gone.
+
+With ``--once`` it converts what is pending, prints the spend of every key
+path in the given windows as JSON (the gateway's budget rebuild), and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from .journal import CLOSED_SUFFIX
+
+# pyarrow and DuckDB are imported when first needed, so the writer starts (and
+# answers SIGTERM) at once.
+
+log = logging.getLogger("jupyter_vkeys.warehouse.writer")
+
+
+def convert_pending(root: Path) -> int:
+    """Convert every complete journal segment, oldest first. Returns rows written."""
+    pending = sorted((root / "journal").glob(f"*{CLOSED_SUFFIX}"))
+    if not pending:
+        return 0
+    from .parquet import convert_segment
+
+    rows = 0
+    for path in pending:
+        try:
+            rows += convert_segment(path, root)
+        except FileNotFoundError:
+            continue
+        except Exception:  # keep the segment for the next attempt; never lose it
+            log.exception("cannot convert %s", path.name)
+    return rows
+
+
+def maintain(root: Path, retention_days: int) -> None:
+    """Compact partitions of past days; delete partitions past retention."""
+    from .parquet import compact_partition
+
+    today = datetime.now(timezone.utc).date()
+    for dataset in ("events", "audit"):
+        for partition in sorted((root / dataset).glob("date=*")):
+            try:
+                day = datetime.strptime(partition.name[5:], "%Y-%m-%d").date()
+            except ValueError:
+                continue
+            if retention_days and day < today - timedelta(days=retention_days):
+                shutil.rmtree(partition, ignore_errors=True)
+            elif day < today:
+                compact_partition(partition)
+
+
+def spend_by_path(root: Path, window_starts: dict[str, float]) -> list[dict]:
+    """Sum of ``cost_pico`` per key path in each window (``start_time >= start``)."""
+    import duckdb
+
+    from .parquet import snapshot
+
+    files = snapshot(root, "events").parquet
+    if not files:
+        return []
+    listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+    sums = ", ".join(
+        f"COALESCE(SUM(cost_pico) FILTER (WHERE epoch_us(start_time) >= {int(start * 1e6)}),"
+        f" 0)::BIGINT AS \"{period}\"" for period, start in window_starts.items())
+    con = duckdb.connect()
+    result = con.execute(
+        f'SELECT key_id, parent_key_id, "user", team, project, {sums} '
+        f"FROM read_parquet([{listing}]) WHERE cost_pico > 0 GROUP BY ALL")
+    columns = [d[0] for d in result.description]
+    rows = [dict(zip(columns, r)) for r in result.fetchall()]
+    con.close()
+    return rows
+
+
+def run(root: Path, parent: int, retention_days: int, poll: float) -> None:
+    """Convert segments as they complete until stopped or orphaned."""
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    last_maintenance = time.monotonic() - 3600 + 30  # first maintenance after 30 s
+    while True:
+        convert_pending(root)
+        if time.monotonic() - last_maintenance > 3600:
+            maintain(root, retention_days)
+            last_maintenance = time.monotonic()
+        if stopping or (parent and os.getppid() != parent):
+            convert_pending(root)
+            return
+        time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--once", action="store_true")
+    parser.add_argument("--windows", default="{}", help="JSON {period: window start epoch}")
+    parser.add_argument("--parent", type=int, default=0)
+    parser.add_argument("--retention-days", type=int, default=0)
+    parser.add_argument("--poll", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.once:
+        convert_pending(args.root)
+        json.dump(spend_by_path(args.root, json.loads(args.windows)), sys.stdout)
+        return 0
+    run(args.root, args.parent, args.retention_days, args.poll)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

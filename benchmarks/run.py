@@ -214,8 +214,8 @@ def main() -> int:
              "import fast_upstream as f; print(*f.self_signed(sys.argv[2]))", str(HERE),
              str(work)], capture_output=True, text=True, check=True).stdout.split()
         up_port, tls_port = free_port(), free_port()
-        upstream_proc = procs.start([sys.executable, str(HERE / "fast_upstream.py"), "--port",
-                                     str(up_port)], port=up_port)
+        procs.start([sys.executable, str(HERE / "fast_upstream.py"), "--port", str(up_port)],
+                    port=up_port)
         procs.start([sys.executable, str(HERE / "fast_upstream.py"), "--port", str(tls_port),
                      "--cert", cert, "--key", key], port=tls_port)
         upstream = f"http://127.0.0.1:{up_port}"

@@ -1,9 +1,33 @@
 """jupyter-vkeys: a Jupyter-native LLM gateway with virtual keys, budgets and a warehouse.
 
-Public surface: :class:`VKeysGateway` (configure and start a gateway) and
-:func:`make_app` (a standalone tornado application around it).
+In a notebook: ``jupyter_vkeys.me()`` (or ``%load_ext jupyter_vkeys`` then
+``%vkeys``) shows the kernel's key, limits and spend. Elsewhere:
+:class:`jupyter_vkeys.gateway.VKeysGateway` runs a gateway and
+:mod:`jupyter_vkeys.warehouse` reads its data.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from ._version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_ipython_extension", "me"]
+
+
+def me(show: bool = True) -> dict[str, Any]:
+    """This kernel's virtual key, limits and spend (from the gateway's ``/api/me``)."""
+    from .kernel import me as _me
+    return _me(show=show)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext jupyter_vkeys``: registers the ``%vkeys`` magic."""
+    from .kernel import register_magic
+    register_magic(ipython)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Entry point jupyter_server uses to load :class:`~.server_extension.VKeysApp`."""
+    from .server_extension import VKeysApp
+    return [{"module": "jupyter_vkeys.server_extension", "app": VKeysApp}]

@@ -11,7 +11,7 @@ import anthropic
 import openai
 import pytest
 
-from conftest import anthropic_client, openai_client
+from support import anthropic_client, openai_client
 
 # $0.01 per output token, input free: every call's cost is max_tokens cents.
 CENT_PER_TOKEN = {"gpt-4o-mini": {"input_mtok": 0, "output_mtok": 10000},

@@ -10,7 +10,7 @@ import anthropic
 import openai
 import pytest
 
-from conftest import REAL_ANTHROPIC_KEY, REAL_OPENAI_KEY, anthropic_client, openai_client
+from support import REAL_ANTHROPIC_KEY, REAL_OPENAI_KEY, anthropic_client, openai_client
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -177,7 +177,7 @@ def test_upstream_error_passthrough(relay_gateway):
 def test_502_unreachable_and_504_timeout(make_gateway, monkeypatch, fake_upstream):
     monkeypatch.setenv("TEST_OPENAI_KEY", REAL_OPENAI_KEY)
     monkeypatch.setenv("TEST_ANTHROPIC_KEY", REAL_ANTHROPIC_KEY)
-    from conftest import free_port
+    from support import free_port
     dead = free_port()
     gw = make_gateway(read_timeout=0.5, providers={
         "openai": {"kind": "openai", "base_url": f"http://127.0.0.1:{dead}/v1",

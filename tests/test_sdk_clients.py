@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from conftest import anthropic_client, openai_client
+from support import anthropic_client, openai_client
 
 
 @pytest.fixture(params=["fake", "relay"])

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ServeProcess, openai_client
+from support import ServeProcess, openai_client
 
 from jupyter_vkeys import warehouse
 from jupyter_vkeys.warehouse.parquet import compact_partition, snapshot
@@ -141,7 +141,7 @@ def test_readers_in_other_processes_while_writing(make_gateway, tmp_path):
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         result = json.loads(out)
-        assert result["reads"] > 3
+        assert result["reads"] >= 2
     gw.call_in_loop(gw.gateway.sink.flush)
     gw.gateway.sink.wait_converted()
     con = warehouse.connect(root)

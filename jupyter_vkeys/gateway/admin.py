@@ -17,7 +17,7 @@ Jupyter server's own authentication in the extension), the way JupyterHub's
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import tornado.web
@@ -27,7 +27,7 @@ from ..policy import PolicyError
 from ..registry import InvalidKeyRequest
 from ..store import public_view
 from .core import VKeysGateway
-from .dataplane import DataPlaneHandler
+from .dataplane import DataPlaneHandler, public_endpoint
 from .errors import ApiError
 
 
@@ -96,6 +96,9 @@ class AdminMixin:
         """Run ``action(actor)`` with admin checks; map validation errors to 4xx."""
         try:
             actor = self.admin_actor()
+            if self.gateway.registry is None:
+                raise AdminError(503, "the gateway is starting; retry in a moment",
+                                 "unavailable")
             action(actor)
         except AdminError as exc:
             self.fail(exc.status, exc.message, exc.kind)
@@ -229,6 +232,7 @@ class HealthHandler(tornado.web.RequestHandler):
     def initialize(self, gateway: VKeysGateway) -> None:
         self.gateway = gateway
 
+    @public_endpoint
     def get(self) -> None:
         gw = self.gateway
         providers = {name: ("fake" if gw.is_fake(gw.transports.get(name)) else
@@ -242,6 +246,7 @@ class HealthHandler(tornado.web.RequestHandler):
 class MeHandler(DataPlaneHandler):
     """``GET /me``: the calling virtual key's record, limits and spend."""
 
+    @public_endpoint
     def get(self) -> None:
         try:
             record = self.authenticate()
@@ -251,11 +256,16 @@ class MeHandler(DataPlaneHandler):
         self.finish(orjson.dumps(self.gateway.key_report(record)))
 
 
-def admin_handlers(prefix: str, gateway: VKeysGateway, auth_base: type = TokenAdminAuth
-                   ) -> list[tuple]:
-    """Admin routes whose handlers combine the mixins with ``auth_base``."""
+def admin_handlers(prefix: str, gateway: VKeysGateway, auth_base: type = TokenAdminAuth,
+                   decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
+    """Admin routes whose handlers combine the mixins with ``auth_base``; ``decorate``
+    wraps each HTTP method (the Jupyter extension adds its auth decorators there)."""
     def make(mixin: type) -> type:
-        return type(mixin.__name__.replace("Mixin", "Handler"), (mixin, auth_base), {})
+        methods = {}
+        if decorate is not None:
+            methods = {verb: decorate(getattr(mixin, verb)) for verb in
+                       ("get", "post", "put", "patch", "delete") if verb in vars(mixin)}
+        return type(mixin.__name__.replace("Mixin", "Handler"), (mixin, auth_base), methods)
 
     api = prefix + "/api"
     init = {"gateway": gateway}

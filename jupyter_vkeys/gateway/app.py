@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import tornado.web
 
 from .admin import TokenAdminAuth, admin_handlers
@@ -18,7 +20,8 @@ ANTHROPIC_OPERATIONS = {"messages": "messages", "messages/count_tokens": "messag
 
 
 def gateway_handlers(gateway: VKeysGateway, *, base_url: str = "",
-                     admin_auth: type = TokenAdminAuth) -> list[tuple]:
+                     admin_auth: type = TokenAdminAuth,
+                     admin_decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
     """All data-plane and admin routes under ``base_url + gateway.prefix``."""
     prefix = base_url.rstrip("/") + "/" + gateway.prefix.strip("/")
     routes: list[tuple] = []
@@ -32,7 +35,7 @@ def gateway_handlers(gateway: VKeysGateway, *, base_url: str = "",
                    {"gateway": gateway, "dialect": "openai"}))
     routes.append((f"{prefix}/anthropic/v1/models", ModelsHandler,
                    {"gateway": gateway, "dialect": "anthropic"}))
-    routes += admin_handlers(prefix, gateway, admin_auth)
+    routes += admin_handlers(prefix, gateway, admin_auth, admin_decorate)
     return routes
 
 

@@ -63,6 +63,17 @@ _REFUSAL_STATUS = {"model": "refused_model", "unpriced": "refused_model",
                    "max_tokens": "refused_budget"}
 
 
+def public_endpoint(method):
+    """Mark a handler method as authenticating on its own (with a virtual key).
+
+    Sets the marker Jupyter's ``@allow_unauthenticated`` sets, so a Jupyter server
+    with ``allow_unauthenticated_access=False`` accepts these routes: SDK calls carry
+    no Jupyter credentials, and every data-plane method checks the virtual key itself.
+    """
+    setattr(method, "__allow_unauthenticated", True)
+    return method
+
+
 def refusal_error(refusal: Refusal) -> ApiError:
     """Translate a policy refusal into a client error with its headers."""
     headers = dict(refusal.headers)
@@ -110,6 +121,9 @@ class DataPlaneHandler(tornado.web.RequestHandler):
 
     def authenticate(self):
         """The caller's key record; raises a 401 :class:`ApiError` saying why not."""
+        if self.gateway.registry is None:
+            raise ApiError(503, "unavailable", "the gateway is starting; retry in a moment",
+                           headers={"retry-after": "1"})
         try:
             return self.gateway.registry.authenticate(self.token())
         except AuthError as exc:
@@ -148,6 +162,7 @@ class ProxyHandler(DataPlaneHandler):
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
+    @public_endpoint
     async def post(self) -> None:
         call = self._call = Call(self.operation, self.dialect,
                                  client=self.request.headers.get("User-Agent", "")[:200])
@@ -415,6 +430,7 @@ def _prompt_hash(body: dict) -> str:
 class ModelsHandler(DataPlaneHandler):
     """``GET .../v1/models``: the catalog's named models this key may call."""
 
+    @public_endpoint
     def get(self) -> None:
         try:
             record = self.authenticate()

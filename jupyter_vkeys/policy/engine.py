@@ -323,8 +323,8 @@ class PolicyEngine:
         crossed: list[str] = []
         for state, _ in ticket.admission.path:
             state.inflight -= 1
-        for window, entry in ticket.token_entries:
-            window.adjust(entry, tokens)
+        for sliding, entry in ticket.token_entries:
+            sliding.adjust(entry, tokens)
         for counter, generation in ticket.holds:
             if counter.generation == generation:  # else the window rolled while the call ran
                 counter.held -= ticket.hold

@@ -1,0 +1,114 @@
+"""The gateway inside ``jupyter lab`` / ``jupyter server``: :class:`VKeysApp`.
+
+Auto-enabled on install (``jupyter-config/jupyter_server_config.d/jupyter_vkeys.json``).
+It mounts the gateway under ``{base_url}vkeys/``: the data plane as plain
+tornado handlers that accept only virtual keys, the admin API behind Jupyter's
+own authentication. It starts the gateway (store, warehouse, budgets) in the
+async start hook, gives the kernel provisioner a :class:`KernelKeyBroker`, and
+closes everything in ``stop_extension``.
+
+Configuration: ``c.VKeysApp.*`` for the Jupyter side (below) and
+``c.VKeysGateway.*`` for the gateway (providers, catalog, warehouse...).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Dict, List, Unicode
+
+from ..gateway.app import gateway_handlers
+from ..gateway.core import VKeysGateway
+from .auth import JupyterAdminAuth, jupyter_admin_method
+from .kernel_keys import KernelKeyBroker, set_active
+
+log = logging.getLogger("jupyter_vkeys")
+
+CONTENTS_EVENTS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
+
+
+class VKeysApp(ExtensionApp):
+    """jupyter-vkeys as a Jupyter server extension."""
+
+    name = "jupyter_vkeys"
+    load_other_extensions = True
+
+    inject_kernel_keys = Bool(True, help="Give every kernel started by this server its own "
+                                         "virtual key (OPENAI_API_KEY, ANTHROPIC_API_KEY and "
+                                         "base URLs in its environment).").tag(config=True)
+    default_policy = Dict({"budgets": [{"usd": 20, "period": "month", "soft": 0.8}]}, help=(
+        "Policy of a user's personal key, created at their first kernel start (same shape as "
+        "the admin API: models, rpm, tpm, max_concurrency, budgets).")).tag(config=True)
+    project_policy = Dict({}, help="Policy of a project's key, created when a notebook of "
+                                   "the project first starts a kernel.").tag(config=True)
+    projects = Dict({}, help=("Project folders: {'projects/churn': 'churn'} maps notebooks "
+                              "under a path (relative to the server root) to a project. "
+                              "Otherwise a marker file (see project_marker) names it.")).tag(
+        config=True)
+    project_marker = Unicode(".vkeys.toml", help="File whose `project = \"name\"` makes the "
+                                                 "folder holding it (and below) a project.").tag(
+        config=True)
+    kernel_env_denylist = List(Unicode(), [], help=(
+        "Environment variables (names or globs) removed from kernel environments, in addition "
+        "to provider keys, which are always removed.")).tag(config=True)
+    admin_users = List(Unicode(), [], help=("Jupyter users allowed to use the admin API. "
+                                            "Empty: any authenticated user of this server "
+                                            "(a personal server has one).")).tag(config=True)
+    gateway_url = Unicode("", help="URL kernels use to reach the gateway. Default: this "
+                                   "server's own URL + /vkeys.").tag(config=True)
+
+    def initialize_settings(self) -> None:
+        """Build the gateway from config (started later, in the async start hook)."""
+        self.gateway = VKeysGateway(parent=self, config=self.config)
+        self.settings["vkeys_admin_users"] = set(self.admin_users)
+        self.settings["vkeys_gateway"] = self.gateway
+
+    def initialize_handlers(self) -> None:
+        """Mount the gateway's routes (ExtensionApp prefixes them with base_url)."""
+        self.handlers.extend(gateway_handlers(self.gateway, admin_auth=JupyterAdminAuth,
+                                              admin_decorate=jupyter_admin_method))
+
+    async def _start_jupyter_server_extension(self, serverapp) -> None:
+        """Called by jupyter_server once its loop runs: open store and warehouse, set up
+        per-kernel keys."""
+        await super()._start_jupyter_server_extension(serverapp)
+        await self.gateway.start()
+        self.provider_variables = [spec.get("api_key_env", "") for spec in
+                                   self.gateway.providers.values()
+                                   if isinstance(spec, dict) and spec.get("api_key_env")]
+        if self.inject_kernel_keys:
+            url = self.gateway_url or (serverapp.connection_url.rstrip("/")
+                                       + "/" + self.gateway.prefix.strip("/"))
+            broker = KernelKeyBroker(
+                self.gateway, url=url, root_dir=serverapp.root_dir, projects=self.projects,
+                marker=self.project_marker, default_policy=self.default_policy,
+                project_policy=self.project_policy,
+                denylist=[*self.kernel_env_denylist, *self.provider_variables],
+                default_user=_os_user())
+            set_active(broker)
+            self.broker = broker
+            try:
+                serverapp.event_logger.add_listener(schema_id=CONTENTS_EVENTS,
+                                                    listener=self._on_contents_event)
+            except Exception:  # older servers: renames are picked up at the next restart
+                log.debug("no contents events; notebook renames apply at kernel restart")
+        log.info("jupyter-vkeys: gateway at %s%s", serverapp.base_url.rstrip("/"),
+                 self.gateway.prefix)
+
+    async def _on_contents_event(self, logger, schema_id, data) -> None:
+        if data.get("action") == "rename" and getattr(self, "broker", None) is not None:
+            self.broker.renamed(data.get("source_path", ""), data.get("path", ""))
+
+    async def stop_extension(self) -> None:
+        """Called by jupyter_server at shutdown: close the gateway cleanly."""
+        set_active(None)
+        await self.gateway.stop()
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "jupyter"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from support import (REAL_ANTHROPIC_KEY, REAL_OPENAI_KEY, Clock, FakeUpstream,
-                     RunningGateway)
+from support import (REAL_ANTHROPIC_KEY, REAL_OPENAI_KEY, Clock, FakeUpstream, RunningGateway,
+                     build_relay_gateway)
 
 
 @pytest.fixture
@@ -60,20 +60,10 @@ def fake_upstream():
         upstream.stop()
 
 
-@pytest.fixture
-def relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path):
-    """A gateway whose providers are the fake upstream processes, with real-looking keys
-    (one from an environment variable, one from a secrets file)."""
-    monkeypatch.setenv("TEST_OPENAI_KEY", REAL_OPENAI_KEY)
-    secret_file = tmp_path / "anthropic.key"
-    secret_file.write_text(REAL_ANTHROPIC_KEY + "\n")
-    providers = {
-        "openai": {"kind": "openai", "base_url": fake_upstream["openai"].url + "/v1",
-                   "api_key_env": "TEST_OPENAI_KEY"},
-        "anthropic": {"kind": "anthropic", "base_url": fake_upstream["anthropic"].url,
-                      "api_key_file": str(secret_file)},
-    }
-    return make_gateway(providers=providers, read_timeout=3.0)
+@pytest.fixture(params=["lean", "aiohttp"])
+def relay_gateway(request, make_gateway, fake_upstream, monkeypatch, tmp_path):
+    """The relay gateway, once per upstream HTTP client."""
+    return build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path, request.param)
 
 
 @pytest.fixture(autouse=True)

@@ -214,3 +214,18 @@ class ServeProcess:
             self.proc.terminate()
             self.proc.wait(20)
         self.log.close()
+
+
+def build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path, client: str):
+    """A gateway whose providers are the fake upstream processes, with real-looking keys
+    (one from an environment variable, one from a secrets file)."""
+    monkeypatch.setenv("TEST_OPENAI_KEY", REAL_OPENAI_KEY)
+    secret_file = tmp_path / "anthropic.key"
+    secret_file.write_text(REAL_ANTHROPIC_KEY + "\n")
+    providers = {
+        "openai": {"kind": "openai", "base_url": fake_upstream["openai"].url + "/v1",
+                   "api_key_env": "TEST_OPENAI_KEY"},
+        "anthropic": {"kind": "anthropic", "base_url": fake_upstream["anthropic"].url,
+                      "api_key_file": str(secret_file)},
+    }
+    return make_gateway(providers=providers, read_timeout=3.0, upstream_client=client)

@@ -11,21 +11,16 @@ import asyncio
 
 import pytest
 
-from support import anthropic_client, openai_client
+from support import anthropic_client, build_relay_gateway, openai_client
 
 
-@pytest.fixture(params=["fake", "relay"])
-def gw(request, gateway_factory_params):
-    return gateway_factory_params(request.param)
-
-
-@pytest.fixture
-def gateway_factory_params(request, make_gateway):
-    def build(kind: str):
-        if kind == "fake":
-            return make_gateway(fake_mode="always")
-        return request.getfixturevalue("relay_gateway")
-    return build
+@pytest.fixture(params=["fake", "relay-lean", "relay-aiohttp"])
+def gw(request, make_gateway, fake_upstream, monkeypatch, tmp_path):
+    """The in-process fake provider, or the relay path with either upstream client."""
+    if request.param == "fake":
+        return make_gateway(fake_mode="always")
+    return build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path,
+                               request.param.split("-")[1])
 
 
 def test_openai_chat_sync(gw):

@@ -25,8 +25,9 @@ def warehouse_root(data_dir: str | os.PathLike | None = None) -> Path:
         from ..gateway.core import default_data_dir
         data_dir = os.environ.get("VKEYS_DATA_DIR") or default_data_dir()
     path = Path(data_dir).expanduser()
-    if (path / "journal").exists() and not (path / "warehouse").exists():
-        return path
+    if not (path / "warehouse").exists() and any(
+            (path / sub).exists() for sub in ("journal", "events", "audit")):
+        return path  # already a warehouse root
     return path / "warehouse"
 
 

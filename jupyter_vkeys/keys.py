@@ -9,7 +9,6 @@ persists records and :mod:`jupyter_vkeys.registry` keeps them in memory.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field, replace
@@ -92,7 +91,7 @@ def parse_token(token: str) -> tuple[str, str]:
 
 def hash_secret(pepper: bytes, secret: str) -> bytes:
     """HMAC-SHA256 of ``secret`` under the server-side ``pepper``."""
-    return hmac.new(pepper, secret.encode(), hashlib.sha256).digest()
+    return hmac.digest(pepper, secret.encode(), "sha256")
 
 
 def secret_matches(pepper: bytes, record: KeyRecord, secret: str, now: float) -> bool:

@@ -199,6 +199,7 @@ class VKeysGateway(LoggingConfigurable):
         for scope, saved in self.store.load_policies().items():
             self.policy.set_scope_policy(scope, parse_policy(saved))
         self.prices = PriceTable(self.price_overrides, self.fallback_price)
+        self.forwarded_header_names = frozenset(h.lower() for h in self.forward_headers)
         self.catalog = Catalog(self.models)
         self.provider_configs = load_providers(self.providers)
         for entry in self.catalog.named_models():  # warm the price cache off the hot path

@@ -284,11 +284,11 @@ class ProxyHandler(DataPlaneHandler):
     async def _relay(self, call, provider, transport, body, payload, meter, ticket) -> None:
         gw = self.gateway
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
-        request_headers = self.request.headers
-        for name in gw.forward_headers:
-            value = request_headers.get(name)
-            if value is not None:
-                headers[name] = value
+        forward = gw.forwarded_header_names
+        for name, value in self.request.headers.get_all():
+            lname = name.lower()
+            if lname in forward:
+                headers[lname] = value
         if provider.kind == "anthropic" and "anthropic-version" not in headers:
             headers["anthropic-version"] = "2023-06-01"
         headers.update(provider.headers)

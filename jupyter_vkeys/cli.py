@@ -326,30 +326,29 @@ def cmd_usage(args: argparse.Namespace) -> int:
            "round(sum(cost_pico) / 1e12, 6) AS spend_usd FROM events "
            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
            f"GROUP BY ALL ORDER BY spend_usd DESC NULLS LAST, calls DESC")
-    result = con.execute(sql, params)
-    columns = dims + [d[0] for d in result.description][len(dims):]
-    rows = result.fetchall()
-    if args.json:
-        print(json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=2))
-    else:
-        print(_table(columns, rows))
-    return 0
+    return _query(con, sql, params, args.json, names=dims)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
     """``sql "SELECT ..."``: any DuckDB query over the ``events`` and ``audit`` views."""
+    return _query(_warehouse(args), args.query, [], args.json)
+
+
+def _query(con, sql: str, params: list, as_json: bool, names: list[str] | None = None) -> int:
+    """Run ``sql`` and print its rows as a table or JSON; DuckDB errors become messages."""
     import duckdb
 
-    con = _warehouse(args)
     try:
-        result = con.execute(args.query)
+        result = con.execute(sql, params)
     except duckdb.Error as exc:
         raise SystemExit(f"error: {exc}") from None
     if result.description is None:
         return 0
     columns = [d[0] for d in result.description]
+    if names:
+        columns[:len(names)] = names
     rows = result.fetchall()
-    if args.json:
+    if as_json:
         print(json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=2))
     else:
         print(_table(columns, rows))

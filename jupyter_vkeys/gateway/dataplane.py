@@ -57,6 +57,17 @@ _PATHS = {"chat.completions": "/chat/completions", "completions": "/completions"
 _TERMINAL = b"data: [DONE]"
 _TERMINAL_ANTHROPIC = b"event: message_stop"
 _TERMINAL_RESPONSES = b"event: response.completed"
+
+
+def _terminal_at(data: bytes) -> int:
+    """Offset of a stream's final event in ``data`` (-1 if it holds none)."""
+    for marker in (_TERMINAL, _TERMINAL_ANTHROPIC, _TERMINAL_RESPONSES):
+        at = data.find(marker)
+        if at >= 0:
+            return at
+    return -1
+
+
 _REFUSAL_STATUS = {"model": "refused_model", "unpriced": "refused_model",
                    "concurrency": "refused_rate", "rate_requests": "refused_rate",
                    "rate_tokens": "refused_rate", "budget": "refused_budget",
@@ -359,9 +370,12 @@ class ProxyHandler(DataPlaneHandler):
                 out = meter.feed(chunk)
                 if not out:
                     continue
-                if _TERMINAL in out or _TERMINAL_ANTHROPIC in out or _TERMINAL_RESPONSES in out:
-                    deferred += out  # the end of the stream waits for the journal write
-                    continue
+                end = _terminal_at(out)
+                if end >= 0:  # the stream's last event waits for the journal write
+                    deferred += out[end:]
+                    out = out[:end]
+                    if not out:
+                        continue
                 if call.first_byte is None:
                     call.first_byte = time.time()
                 call.response_bytes += len(out)

@@ -119,6 +119,10 @@ class OpenAIStreamMeter(Meter):
         for event in complete.split(b"\n\n"):
             if not event.strip():
                 continue
+            if (self.response_model and b'"finish_reason":"' not in event
+                    and not any(m in event for m in _USAGE_MARKERS)):
+                kept.append(event)  # an ordinary content chunk: passed through unparsed
+                continue
             data = _data_of(event)
             if isinstance(data, dict):
                 if not self.response_model:

@@ -65,6 +65,7 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.header_items: list[tuple[str, str]] = []
         self.status = 0
+        self.keep_alive = False
         self.chunks: deque[bytes] = deque()
         self.done = False
         self.error: UpstreamError | None = None
@@ -95,6 +96,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()  # not reliable after the body
         waiter = self.headers_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -182,7 +184,7 @@ class _Response:
             return
         self._closed = True
         conn = self.conn
-        if conn.done and conn.error is None and not conn.closed and conn.parser.should_keep_alive():
+        if conn.done and conn.error is None and not conn.closed and conn.keep_alive:
             conn.pool._release(conn)
         else:
             conn.abort()

@@ -25,7 +25,10 @@ from jupyter_vkeys.warehouse.parquet import compact_partition, snapshot
 
 def _drive(url: str, key: str, stop: threading.Event, completed: list[str], errors: list,
            worker: int) -> None:
-    client = openai.OpenAI(api_key=key, base_url=url + "/openai/v1", max_retries=0, timeout=10)
+    # Worker 0 makes slow calls (5 s): in flight at the kill, their holds must be charged.
+    headers = {"x-vkeys-fake-latency-ms": "5000"} if worker == 0 else {}
+    client = openai.OpenAI(api_key=key, base_url=url + "/openai/v1", max_retries=0, timeout=10,
+                           default_headers=headers)
     i = 0
     while not stop.is_set():
         i += 1
@@ -64,7 +67,7 @@ def test_sigkill_loses_nothing_and_budgets_rebuild(tmp_path):
                    for w in range(6)]
         for t in threads:
             t.start()
-        time.sleep(2.5)
+        time.sleep(3.0)
         gw.kill()  # SIGKILL while calls are in flight
         stop.set()
         for t in threads:
@@ -88,6 +91,7 @@ def test_sigkill_loses_nothing_and_budgets_rebuild(tmp_path):
     assert statuses["ok"] >= len(completed)
     lost = [r[0] for r in con.execute("SELECT request_id FROM events WHERE status = 'lost'")
             .fetchall()]
+    assert lost, "the slow call in flight at the kill must be recorded as lost"
     assert not set(lost) & set(completed)
     total_pico = con.execute("SELECT sum(cost_pico) FROM events WHERE key_id = ?",
                              [record["id"]]).fetchone()[0]

@@ -64,8 +64,9 @@ class EventSink:
         self.keep = keep
         self.events: list[dict[str, Any]] = []
 
-    def hold(self, row: dict[str, Any]) -> None:
-        """Called by the data plane when a call is admitted with a budget hold."""
+    def hold(self, request_id: str, started: float, row: Callable[[], dict[str, Any]]) -> None:
+        """Called by the data plane when a call is admitted with a budget hold; ``row``
+        builds the hold's journal row if the sink decides to write it."""
 
     def audit(self, row: dict[str, Any]) -> None:
         """Called by the store after each admin action is committed."""
@@ -196,6 +197,7 @@ class VKeysGateway(LoggingConfigurable):
         self.policy = PolicyEngine(tz=ZoneInfo(self.timezone), clock=self.clock,
                                    clamp_max_tokens=self.clamp_max_tokens)
         self.policy.parents = self.registry.get
+        self.registry.on_change = self.policy.invalidate
         for scope, saved in self.store.load_policies().items():
             self.policy.set_scope_policy(scope, parse_policy(saved))
         self.prices = PriceTable(self.price_overrides, self.fallback_price)

@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import orjson
@@ -268,7 +269,7 @@ class ProxyHandler(DataPlaneHandler):
         self._ticket, self._rates = ticket, rates
         call.budget_warnings = list(ticket.warnings)
         if ticket.hold:
-            gw.sink.hold(call.hold_row(ticket.hold))
+            gw.sink.hold(call.request_id, call.started, partial(call.hold_row, ticket.hold))
         if gw.log_content:
             call.prompt_text = orjson.dumps(body.get("messages") or body.get("input")
                                             or body.get("prompt") or "").decode()

@@ -124,6 +124,8 @@ class PolicyEngine:
         self.scope_policies: dict[str, Policy] = {}
         self.states: dict[str, ScopeState] = {}
         self._key_policies: dict[str, tuple[KeyRecord, Policy]] = {}
+        self._paths: dict[str, tuple[KeyRecord, int, list[tuple[ScopeState, Policy]]]] = {}
+        self.version = 0  # bumped by every policy or key change; invalidates cached paths
         self.parents: Callable[[str], KeyRecord | None] = lambda key_id: None
 
     # -- configuration ---------------------------------------------------------------
@@ -133,6 +135,11 @@ class PolicyEngine:
             self.scope_policies.pop(scope, None)
         else:
             self.scope_policies[scope] = policy
+        self.invalidate()
+
+    def invalidate(self, *_: object) -> None:
+        """Forget cached scope paths; called after any policy or key change."""
+        self.version += 1
 
     def key_policy(self, record: KeyRecord) -> Policy:
         """The parsed policy of a key record (cached per record object)."""
@@ -175,8 +182,13 @@ class PolicyEngine:
     # -- the hot path ----------------------------------------------------------------
     def resolve(self, record: KeyRecord, requested_model: str) -> Admission:
         """Resolve aliases and check allowlists; raises :class:`Refusal` (403)."""
-        path = [(self.state(scope), self._policy_of(scope, record))
-                for scope in self.scope_path(record)]
+        cached = self._paths.get(record.id)
+        if cached is not None and cached[0] is record and cached[1] == self.version:
+            path = cached[2]
+        else:
+            path = [(self.state(scope), self._policy_of(scope, record))
+                    for scope in self.scope_path(record)]
+            self._paths[record.id] = (record, self.version, path)
         model = requested_model
         for _, policy in path:
             target = policy.aliases.get(requested_model)

@@ -1,8 +1,9 @@
 """The gateway's side of the warehouse: journal every call, recover, start the writer.
 
 :class:`WarehouseSink` is the gateway's event sink. The data plane calls
-:meth:`~WarehouseSink.hold` when a call is admitted (its worst-case cost, so a
-crash mid-call is charged, not forgotten) and :meth:`~WarehouseSink.emit` once
+:meth:`~WarehouseSink.hold` when a call is admitted (its worst-case cost,
+journaled once the call has run for ``HOLD_DELAY``, so a crash mid-call is
+charged, not forgotten) and :meth:`~WarehouseSink.emit` once
 when it ends, before the client receives the end of the response. The store
 calls :meth:`~WarehouseSink.audit` for every admin action.
 
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -33,6 +34,10 @@ from .journal import CLOSED_SUFFIX, OPEN_SUFFIX, Journal
 from .version import SCHEMA_VERSION
 
 log = logging.getLogger("jupyter_vkeys.warehouse")
+
+# Seconds a call stays in flight before its hold is journaled (a crash loses the holds of
+# younger calls: at most this long of spend that no client saw completed).
+HOLD_DELAY = 0.25
 
 
 class WarehouseSink:
@@ -49,7 +54,8 @@ class WarehouseSink:
         self.retention_days = retention_days
         self.keep = keep_recent
         self.events: list[dict[str, Any]] = []
-        self.open_holds: dict[str, dict[str, Any]] = {}
+        self.open_holds: dict[str, dict[str, Any]] = {}  # journaled, call still in flight
+        self.pending_holds: dict[str, tuple[float, Callable[[], dict[str, Any]]]] = {}
         self.journal: Journal | None = None
         self.writer: subprocess.Popen | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -73,7 +79,7 @@ class WarehouseSink:
             stdin=subprocess.DEVNULL)
         try:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(min(self.roll_seconds, 1.0), self._tick, loop)
+            self._timer = loop.call_later(HOLD_DELAY, self._tick, loop)
         except RuntimeError:
             pass  # no loop (CLI): segments roll at close
         return spend
@@ -94,14 +100,15 @@ class WarehouseSink:
             self._run_writer_once({})  # the writer was stopped before it could finish
 
     # -- called by the gateway -------------------------------------------------------
-    def hold(self, row: dict[str, Any]) -> None:
-        """Journal an admitted call's hold (``status="hold"``, ``cost_pico`` = hold)."""
-        self.open_holds[row["request_id"]] = row
-        self.journal.append("events", row)
+    def hold(self, request_id: str, started: float, row: Callable[[], dict[str, Any]]) -> None:
+        """Note an admitted call's hold; journaled (``status="hold"``) once the call has been
+        in flight for ``HOLD_DELAY`` seconds. Most calls end sooner and cost no write."""
+        self.pending_holds[request_id] = (started, row)
 
     def emit(self, event: dict[str, Any]) -> None:
         """Journal one finished call (written to the OS before the response ends)."""
-        self.open_holds.pop(event["request_id"], None)
+        if self.pending_holds.pop(event["request_id"], None) is None:
+            self.open_holds.pop(event["request_id"], None)
         if self.hash_notebook_paths and event.get("notebook_path"):
             event["notebook_path"] = hashlib.sha256(
                 event["notebook_path"].encode()).hexdigest()[:16]
@@ -138,7 +145,19 @@ class WarehouseSink:
             # after the old segment's conversion still finds them.
             self.journal.append_many("events", list(self.open_holds.values()))
 
+    def _journal_holds(self) -> None:
+        cutoff = time.time() - HOLD_DELAY
+        due = [rid for rid, (started, _) in self.pending_holds.items() if started <= cutoff]
+        if due:
+            rows = []
+            for rid in due:
+                row = self.pending_holds.pop(rid)[1]()
+                self.open_holds[rid] = row
+                rows.append(row)
+            self.journal.append_many("events", rows)
+
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._journal_holds()
         for dataset in ("events", "audit"):
             if self.journal.age(dataset) >= self.roll_seconds:
                 self._roll(dataset)
@@ -146,7 +165,7 @@ class WarehouseSink:
             log.error("the warehouse writer process exited (%s); restarting it",
                       self.writer.returncode)
             self.writer = subprocess.Popen(self.writer.args, stdin=subprocess.DEVNULL)
-        self._timer = loop.call_later(min(self.roll_seconds, 1.0), self._tick, loop)
+        self._timer = loop.call_later(HOLD_DELAY, self._tick, loop)
 
     def _run_writer_once(self, window_starts: dict[str, float]) -> list[dict[str, Any]]:
         if not any((self.root / "journal").glob(f"*{CLOSED_SUFFIX}")) and not any(

@@ -1,9 +1,9 @@
 """Warehouse throughput and query speed.
 
 1. Events/s through the write path: the gateway's journal append (orjson + one
-   ``write`` per event, as on the hot path) and the writer's journal -> Parquet
-   conversion, measured separately (they run in different processes) and in
-   sequence.
+   ``write`` per event, as on the hot path) and the writer process's journal ->
+   Parquet conversion (DuckDB), measured separately; they run in different
+   processes, so the sustained rate is the slower of the two.
 2. A spend-by-user-by-day query over 10 million simulated events in the real
    layout (hive-partitioned by date, compacted), through ``warehouse.connect()``.
 
@@ -72,8 +72,7 @@ def bench_write(n: int, root: Path) -> dict:
     convert_s = time.perf_counter() - start
     assert rows == n
     parquet_bytes = sum(p.stat().st_size for p in (root / "events").rglob("*.parquet"))
-    return {"events": n, "append_per_s": n / append_s, "convert_per_s": n / convert_s,
-            "sequential_per_s": n / (append_s + convert_s), "journal_mb": size / 1e6,
+    return {"events": n, "append_per_s": n / append_s, "convert_per_s": n / convert_s, "journal_mb": size / 1e6,
             "parquet_mb": parquet_bytes / 1e6, "bytes_per_event_journal": size / n}
 
 
@@ -142,8 +141,9 @@ def main() -> None:
               f"bytes each in the journal, {write['parquet_mb']:.1f} MB as Parquet):")
         print(f"  journal append (gateway)   {write['append_per_s']:>12,.0f} events/s")
         print(f"  journal -> Parquet (writer){write['convert_per_s']:>12,.0f} events/s")
-        print(f"  both, one after the other  {write['sequential_per_s']:>12,.0f} events/s"
-              "  (target >= 100,000)")
+        sustained = min(write["append_per_s"], write["convert_per_s"])
+        print(f"  sustained (two processes)  {sustained:>12,.0f} events/s  (the slower stage; "
+              "target >= 100,000)")
         sim_s = simulate(args.rows, Path(tmp) / "q")
         query = bench_query(Path(tmp) / "q")
         print(f"query over {args.rows:,} events (simulated in {sim_s:.1f} s): "

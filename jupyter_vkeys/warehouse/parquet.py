@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from .journal import CLOSED_SUFFIX, OPEN_SUFFIX, segment_id_of
-from .schema import PARTITION_TIME, SCHEMAS, TIME_COLUMNS, journal_schema
+from .schema import PARTITION_TIME, SCHEMA_VERSION, SCHEMAS, TIME_COLUMNS, journal_schema
 
 _SEG_RE = re.compile(r"^seg-(\d+)\.parquet$")
 _COMPACT_RE = re.compile(r"^compact-(\d+)-(\d+)\.parquet$")
@@ -80,19 +81,58 @@ def _partitions(table: pa.Table, dataset: str) -> dict[str, pa.Table]:
     return out
 
 
-def convert_segment(path: Path, root: Path) -> int:
-    """Turn one closed journal segment into Parquet files and delete it. Returns rows.
+def _duck_type(field: pa.Field, dataset: str) -> str:
+    if field.name in TIME_COLUMNS[dataset]:
+        return "DOUBLE"  # epoch seconds in the journal
+    return {pa.int16(): "SMALLINT", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
+            pa.bool_(): "BOOLEAN", pa.string(): "VARCHAR"}[field.type]
 
-    Idempotent: a crash after some files were renamed but before the segment was
-    deleted rewrites the same file names with the same rows.
+
+def convert_segment(path: Path, root: Path, threads: int = 2) -> int:
+    """Turn one complete journal segment into Parquet files and delete it. Returns rows.
+
+    DuckDB parses the JSON lines and writes one zstd Parquet file per date into a
+    staging folder (measured: ~2x pyarrow's JSON reader plus writer on this path);
+    each file is then renamed to ``<dataset>/date=<d>/seg-<segment id>.parquet``.
+    Idempotent: a crash midway rewrites the same names with the same rows.
     """
+    import duckdb
+
     dataset = path.name.split("-", 1)[0]
-    table = typed(read_segment(path, dataset), dataset)
     segment_id = segment_id_of(path)
-    for date, part in _partitions(table, dataset).items():
-        _write_atomic(part, root / dataset / f"date={date}" / f"seg-{segment_id}.parquet")
+    schema = SCHEMAS[dataset]
+    staging = root / f".staging-{dataset}-{segment_id}"
+    shutil.rmtree(staging, ignore_errors=True)
+    columns = ", ".join(f"'{f.name}': '{_duck_type(f, dataset)}'" for f in schema)
+    times = TIME_COLUMNS[dataset]
+    select = ", ".join(
+        f'make_timestamptz(CAST(round("{f.name}" * 1000000) AS BIGINT)) AS "{f.name}"'
+        if f.name in times else f'"{f.name}"' for f in schema)
+    part = PARTITION_TIME[dataset]
+    where = "WHERE status IS DISTINCT FROM 'hold'" if dataset == "events" else ""
+    source = str(path).replace("'", "''")
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET threads = {threads}")
+        con.execute("SET TimeZone = 'UTC'")
+        target_dir = str(staging).replace("'", "''")
+        rows = con.execute(
+            f"COPY (SELECT {select}, strftime(make_timestamptz(CAST(round({part} * 1000000)"
+            f" AS BIGINT)), '%Y-%m-%d') AS date FROM read_json('{source}', format = "
+            f"'newline_delimited', columns = {{{columns}}}) {where}) TO '{target_dir}' "
+            f"(FORMAT parquet, PARTITION_BY (date), COMPRESSION zstd, "
+            f"KV_METADATA {{schema_version: '{SCHEMA_VERSION}'}})").fetchone()[0]
+    finally:
+        con.close()
+    for written in sorted(staging.glob("date=*/*.parquet")):
+        target = root / dataset / written.parent.name / f"seg-{segment_id}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(written, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(written, target)
+    shutil.rmtree(staging, ignore_errors=True)
     path.unlink(missing_ok=True)
-    return table.num_rows
+    return rows
 
 
 def compact_partition(directory: Path, min_files: int = 8) -> Path | None:

@@ -53,7 +53,7 @@ class Refusal(Exception):
 class ScopeState:
     """Counters of one scope: its budgets' windows, RPM/TPM logs and calls in flight."""
 
-    __slots__ = ("name", "requests", "tokens", "inflight", "budgets")
+    __slots__ = ("name", "requests", "tokens", "inflight", "budgets", "windows", "rolls_at")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -61,12 +61,25 @@ class ScopeState:
         self.tokens = SlidingWindow()
         self.inflight = 0
         self.budgets: dict[str, BudgetWindow] = {}
+        self.windows: list[BudgetWindow] = []  # the same counters, for the settle loop
+        self.rolls_at = float("-inf")  # earliest end among them: before it, none rolls
+
+    def add_spend(self, cost_pico: int, started: float, tz: tzinfo, now: float) -> None:
+        """Count spend on every period's window (called by settle for each scope)."""
+        if now >= self.rolls_at:
+            for period in PERIODS:
+                self.budget(period, tz, now)
+            self.rolls_at = min(w.end for w in self.windows)
+        for counter in self.windows:
+            if counter.start <= started:
+                counter.spent += cost_pico
 
     def budget(self, period: str, tz: tzinfo, now: float) -> BudgetWindow:
         """The window counter of ``period``, rolled forward to ``now``."""
         counter = self.budgets.get(period)
         if counter is None:
             counter = self.budgets[period] = BudgetWindow(period, tz)
+            self.windows.append(counter)
         counter.roll(now)
         return counter
 
@@ -345,10 +358,7 @@ class PolicyEngine:
         if cost_pico:
             now = self.clock()
             for state, _ in ticket.admission.path:
-                for period in PERIODS:
-                    counter = state.budget(period, self.tz, now)
-                    if counter.start <= ticket.started:
-                        counter.spent += cost_pico
+                state.add_spend(cost_pico, ticket.started, self.tz, now)
         for state, policy in ticket.admission.path:
             for budget in policy.budgets:
                 counter = state.budgets.get(budget.period)

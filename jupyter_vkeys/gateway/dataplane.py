@@ -166,11 +166,9 @@ class ProxyHandler(DataPlaneHandler):
     """``POST`` of one LLM operation, relayed to the model's provider."""
 
     _task: asyncio.Task | None = None
-    _closed = False
 
     def on_connection_close(self) -> None:
         """The client went away: stop waiting on the upstream (settlement still runs)."""
-        self._closed = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -190,6 +188,10 @@ class ProxyHandler(DataPlaneHandler):
         except asyncio.CancelledError:
             call.status, call.http_status = "cancelled", 499
             call.error_type = "client_disconnected"
+        except Exception as exc:  # a bug: recorded, settled, answered 500 in the dialect
+            call.status, call.http_status = "error", 500
+            call.error_type, call.error_message = "internal", type(exc).__name__
+            raise
         finally:
             self._task = None
             self._conclude()

@@ -130,7 +130,7 @@ class KeyRegistry:
         self._swap(after)
         return after
 
-    def revoke(self, key_id: str, *, actor: str, cascade: bool = True) -> KeyRecord:
+    def revoke(self, key_id: str, *, actor: str) -> KeyRecord:
         """Revoke a key now (idempotent). Children are refused through their parent."""
         before = self._existing(key_id)
         if before.revoked_at is not None:
@@ -155,10 +155,6 @@ class KeyRegistry:
         self.store.save_key(before, after, actor=actor, action="key.rotate")
         self._swap(after)
         return after, format_token(key_id, secret)
-
-    def children(self, key_id: str) -> list[KeyRecord]:
-        """Child keys of ``key_id`` (for example per-kernel keys)."""
-        return [r for r in self.records.values() if r.parent_id == key_id]
 
     # -- internals -------------------------------------------------------------------
     def _existing(self, key_id: str) -> KeyRecord:

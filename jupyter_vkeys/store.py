@@ -49,7 +49,6 @@ CREATE TABLE IF NOT EXISTS audit (
     before TEXT,
     after TEXT
 );
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _KEY_COLUMNS = ("id", "secret_hash", "alias", "owner", "team", "project", "parent_id",
@@ -134,11 +133,6 @@ class Store:
         return [{"seq": r[0], "ts": r[1], "actor": r[2], "action": r[3], "target": r[4],
                  "before": json.loads(r[5]) if r[5] else None,
                  "after": json.loads(r[6]) if r[6] else None} for r in rows]
-
-    def meta(self, name: str) -> str | None:
-        """A small named value kept beside the keys (for example the schema version)."""
-        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else None
 
     # -- internals -------------------------------------------------------------------
     def _transaction(self):

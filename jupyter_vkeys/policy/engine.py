@@ -384,12 +384,6 @@ class PolicyEngine:
                 if pico:
                     state.budget(period, self.tz, now).spent += pico
 
-    def spent(self, scope: str) -> dict[str, int]:
-        """Spend of ``scope`` in the current window of each period (pico-USD)."""
-        now = self.clock()
-        state = self.state(scope)
-        return {period: state.budget(period, self.tz, now).spent for period in PERIODS}
-
     @staticmethod
     def _rate_headers(kind: str, limit: int, remaining: int, reset: float) -> dict[str, str]:
         return {f"x-ratelimit-limit-{kind}": str(limit),

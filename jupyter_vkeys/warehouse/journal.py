@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 
-DATASETS = ("events", "audit")
 OPEN_SUFFIX = ".open"
 CLOSED_SUFFIX = ".jsonl"
 

@@ -105,7 +105,7 @@ class Ticket:
     clamped_to: int | None
     started: float
     holds: list[tuple[BudgetWindow, int]] = field(default_factory=list)
-    token_entries: list[tuple[SlidingWindow, list]] = field(default_factory=list)
+    token_entries: list[tuple[SlidingWindow, list, int]] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     settled: bool = False
@@ -324,7 +324,8 @@ class PolicyEngine:
             if policy.rpm is not None:
                 state.requests.add(now, 1)
             if policy.tpm is not None:
-                ticket.token_entries.append((state.tokens, state.tokens.add(now, token_need)))
+                ticket.token_entries.append((state.tokens, state.tokens.add(now, token_need),
+                                             token_need))
         for state, budget, counter in capped:
             counter.held += hold
             ticket.holds.append((counter, counter.generation))
@@ -348,8 +349,8 @@ class PolicyEngine:
         crossed: list[str] = []
         for state, _ in ticket.admission.path:
             state.inflight -= 1
-        for sliding, entry in ticket.token_entries:
-            sliding.adjust(entry, tokens)
+        for sliding, entry, reserved in ticket.token_entries:
+            sliding.adjust(entry, reserved, tokens)
         for counter, generation in ticket.holds:
             if counter.generation == generation:  # else the window rolled while the call ran
                 counter.held -= ticket.hold

@@ -6,15 +6,19 @@ runs on the event loop, so a check followed by an update is atomic.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from .windows import window
 
 
 class SlidingWindow:
-    """Amounts added during the last ``span`` seconds (exact sliding log).
+    """Amounts added during the last ``span`` seconds, kept in one-second buckets.
 
-    Entries are ``[timestamp, amount, alive]`` lists so that a reservation made
+    Memory is bounded by ``span`` buckets whatever the request rate (a log of every
+    request would hold 60,000 entries at 1,000 req/s). An amount is stamped with the next
+    whole second, so it leaves the window up to a second late, never early: a limit is
+    never exceeded. Buckets are ``[second, amount, alive]`` lists, so a reservation made
     at admission can be corrected at settlement (:meth:`adjust`).
     """
 
@@ -39,17 +43,23 @@ class SlidingWindow:
         return self.total
 
     def add(self, now: float, amount: int) -> list:
-        """Record ``amount`` at ``now``; returns the entry for a later :meth:`adjust`."""
-        entry = [now, amount, True]
-        self.entries.append(entry)
+        """Record ``amount`` at ``now``; returns its bucket for a later :meth:`adjust`."""
+        start = math.ceil(now)
+        entries = self.entries
+        if entries and entries[-1][0] == start:
+            entry = entries[-1]
+            entry[1] += amount
+        else:
+            entry = [start, amount, True]
+            entries.append(entry)
         self.total += amount
         return entry
 
-    def adjust(self, entry: list, amount: int) -> None:
-        """Replace a reservation with the actual amount (no-op once it left the window)."""
+    def adjust(self, entry: list, reserved: int, actual: int) -> None:
+        """Replace a reservation of ``reserved`` by ``actual`` (no-op once its bucket left)."""
         if entry[2]:
-            self.total += amount - entry[1]
-            entry[1] = amount
+            entry[1] += actual - reserved
+            self.total += actual - reserved
 
     def next_release(self, now: float) -> float:
         """Seconds until the oldest amount leaves the window (the full span if empty)."""
@@ -62,10 +72,10 @@ class SlidingWindow:
         if used + need <= limit:
             return 0.0
         excess = used + need - limit
-        for ts, amount, _ in self.entries:
+        for start, amount, _ in self.entries:
             excess -= amount
             if excess <= 0:
-                return max(ts + self.span - now, 0.001)
+                return max(start + self.span - now, 0.001)
         return self.span  # needs more than the whole window: wait it out
 
 

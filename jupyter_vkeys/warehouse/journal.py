@@ -125,12 +125,17 @@ class Journal:
             segment.path.unlink(missing_ok=True)
 
     def sync(self) -> None:
-        """fsync every segment written since the last sync; finish rolled segments."""
+        """fsync every segment written since the last sync; finish rolled segments.
+
+        The lock guards only the hand-over of the sets: an fsync can take milliseconds,
+        and the event loop must never wait for one. Only this thread closes journal fds,
+        so an fd taken here stays valid until its fsync is done.
+        """
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             closing, self._closing = self._closing, []
-            for fd in dirty:
-                os.fsync(fd)
+        for fd in dirty:
+            os.fsync(fd)
         for segment in closing:
             self._finish(segment)
 

@@ -19,7 +19,6 @@ import json
 import os
 import ssl
 import subprocess
-import tempfile
 
 USAGE = {"prompt_tokens": 9, "completion_tokens": 20, "total_tokens": 29,
          "prompt_tokens_details": {"cached_tokens": 0},
@@ -129,5 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    tempfile.gettempdir()
     main()

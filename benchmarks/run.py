@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -283,16 +284,15 @@ def main() -> int:
                                                     - stream["direct"]["total"])
 
         # TLS upstream: latency and connection reuse
-        tls_stats_before = json.loads(urllib.request.urlopen(
-            urllib.request.Request(f"{tls_upstream}/stats"),
-            context=__import__("ssl")._create_unverified_context()).read())
+        trust_self_signed = ssl.create_default_context(cafile=cert)
+        tls_stats_before = json.loads(urllib.request.urlopen(f"{tls_upstream}/stats",
+                                                             context=trust_self_signed).read())
         tls_gw = wrk(f"{gw_tls['url']}/openai/v1/chat/completions",
                      {"Authorization": f"Bearer {gw_tls['key']}"}, CHAT, 16, secs)
         tls_base = wrk(f"http://127.0.0.1:{base_tls_port}/v1/chat/completions", {}, CHAT, 16,
                        secs)
-        tls_stats_after = json.loads(urllib.request.urlopen(
-            urllib.request.Request(f"{tls_upstream}/stats"),
-            context=__import__("ssl")._create_unverified_context()).read())
+        tls_stats_after = json.loads(urllib.request.urlopen(f"{tls_upstream}/stats",
+                                                            context=trust_self_signed).read())
         table["tls"] = {
             "vkeys_rps_c16": tls_gw["rps"], "baseline_rps_c16": tls_base["rps"],
             "requests": tls_stats_after["requests"] - tls_stats_before["requests"],

@@ -61,6 +61,12 @@ class VKeysApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         """Build the gateway from config (started later, in the async start hook)."""
+        ours = logging.getLogger("jupyter_vkeys")
+        if not ours.handlers and self.serverapp is not None:
+            # Our log lines go out like the server's own, with its handlers and level.
+            for handler in self.serverapp.log.handlers:
+                ours.addHandler(handler)
+            ours.setLevel(self.serverapp.log.level)
         self.gateway = VKeysGateway(parent=self, config=self.config)
         self.settings["vkeys_admin_users"] = set(self.admin_users)
         self.settings["vkeys_gateway"] = self.gateway

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from .keys import KeyRecord, MalformedToken, format_token, hash_secret, mint, new_secret, \
     parse_token, secret_matches
-from .policy.spec import parse_policy
+from .policy.spec import POLICY_FIELDS, parse_policy
 from .store import Store
 
 KEY_FIELDS = ("alias", "owner", "team", "project", "parent_id", "expires_at", "metadata")
@@ -32,7 +32,11 @@ class AuthError(Exception):
 
 
 class InvalidKeyRequest(ValueError):
-    """An admin request about keys is invalid (unknown id, bad field); message says which."""
+    """An admin request about keys is invalid (bad field, bad state); message says which."""
+
+
+class KeyNotFound(InvalidKeyRequest):
+    """An admin request names a key id that does not exist (the admin API answers 404)."""
 
 
 def parse_time(value: Any, field: str) -> float | None:
@@ -160,7 +164,7 @@ class KeyRegistry:
     def _existing(self, key_id: str) -> KeyRecord:
         record = self.records.get(key_id)
         if record is None:
-            raise InvalidKeyRequest(f"no key with id {key_id!r}")
+            raise KeyNotFound(f"no key with id {key_id!r}")
         return record
 
     def _swap(self, record: KeyRecord) -> None:
@@ -173,8 +177,6 @@ class KeyRegistry:
         """Separate key attributes from policy fields and validate both."""
         if not isinstance(fields, Mapping):
             raise InvalidKeyRequest("expected a JSON object of key fields")
-        from .policy.spec import POLICY_FIELDS
-
         unknown = set(fields) - set(KEY_FIELDS) - set(POLICY_FIELDS)
         if unknown:
             raise InvalidKeyRequest(f"unknown fields {sorted(unknown)}; key fields: "

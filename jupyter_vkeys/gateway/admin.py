@@ -24,7 +24,7 @@ import tornado.web
 
 from .._version import __version__
 from ..policy import PolicyError
-from ..registry import InvalidKeyRequest
+from ..registry import InvalidKeyRequest, KeyNotFound
 from ..store import public_view
 from .core import VKeysGateway
 from .dataplane import DataPlaneHandler, public_endpoint
@@ -102,10 +102,10 @@ class AdminMixin:
             action(actor)
         except AdminError as exc:
             self.fail(exc.status, exc.message, exc.kind)
+        except KeyNotFound as exc:
+            self.fail(404, str(exc), "not_found_error")
         except (InvalidKeyRequest, PolicyError, ValueError) as exc:
-            status = 404 if str(exc).startswith("no key with id") else 400
-            self.fail(status, str(exc), "not_found_error" if status == 404 else
-                      "invalid_request_error")
+            self.fail(400, str(exc), "invalid_request_error")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.finish(orjson.dumps({"error": {"message": f"{status_code} {self._reason}",

@@ -311,7 +311,7 @@ class ProxyHandler(DataPlaneHandler):
         if provider.query:
             from urllib.parse import urlencode
             url += "?" + urlencode(provider.query)
-        request = UpstreamRequest("POST", url, headers, payload, stream=call.stream, parsed=body,
+        request = UpstreamRequest("POST", url, headers, payload, parsed=body,
                                   operation=self.operation)
         call.upstream_started = time.time()
         try:

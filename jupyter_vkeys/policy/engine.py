@@ -101,7 +101,6 @@ class Ticket:
     admission: Admission
     rates: ModelRates | None
     hold: int
-    max_output: int | None
     clamped_to: int | None
     started: float
     holds: list[tuple[BudgetWindow, int]] = field(default_factory=list)
@@ -109,7 +108,6 @@ class Ticket:
     headers: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     settled: bool = False
-    charged: int = 0
 
 
 def _duration(seconds: float) -> str:
@@ -316,9 +314,7 @@ class PolicyEngine:
                     scope=state.name, headers={"x-should-retry": "false"})
 
         # 4. all checks passed: reserve everywhere (no awaits between check and reserve)
-        ticket = Ticket(admission, rates, hold,
-                        max_output if max_output is not None else clamped_to, clamped_to, now,
-                        headers=headers)
+        ticket = Ticket(admission, rates, hold, clamped_to, now, headers=headers)
         for state, policy in path:
             state.inflight += 1
             if policy.rpm is not None:
@@ -345,7 +341,6 @@ class PolicyEngine:
         if ticket.settled:
             return []
         ticket.settled = True
-        ticket.charged = cost_pico
         crossed: list[str] = []
         for state, _ in ticket.admission.path:
             state.inflight -= 1

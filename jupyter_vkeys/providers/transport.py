@@ -35,7 +35,6 @@ class UpstreamRequest:
     url: str
     headers: dict[str, str]
     body: bytes
-    stream: bool = False
     # Only the in-process fake reads these (the parsed body, the operation name).
     parsed: dict | None = field(default=None, repr=False)
     operation: str = ""

@@ -1,0 +1,413 @@
+"""The path of one data-plane call, independent of the HTTP server carrying it.
+
+:class:`ProxyCall` is created by a server (the tornado handler in
+:mod:`.dataplane`, or the standalone front in :mod:`.lean_server`) for one
+``POST`` and run once: authenticate -> parse the body once -> aliases and
+allowlists -> route -> admission (holds) -> relay (streamed as it arrives,
+metered on the way) -> settle -> one event to the sink before the response
+ends. The server cancels the task running :meth:`ProxyCall.run` when the client
+goes away; settlement and the event still happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from functools import partial
+from typing import Iterable
+from urllib.parse import urlencode
+
+import orjson
+
+from ..keys import KeyRecord
+from ..policy import Refusal
+from ..pricing import Cost
+from ..providers.transport import UpstreamError, UpstreamRequest
+from ..registry import AuthError
+from ..usage import Usage
+from .call import Call
+from .core import VKeysGateway
+from .errors import ApiError
+from .exchange import ClientGone, Exchange
+from .metering import meter_for
+
+log = logging.getLogger("jupyter_vkeys.gateway")
+
+# Response headers never relayed from upstream: hop-by-hop ones, lengths and encodings
+# the server sets itself, and the provider account's own rate-limit state.
+_DROP_RESPONSE = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-connection",
+                            "te", "trailer", "transfer-encoding", "upgrade", "content-length",
+                            "content-encoding", "date", "server", "set-cookie"})
+_DROP_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "openai-organization", "openai-project")
+
+# Which request field caps output tokens, per operation.
+_MAX_FIELDS = {"chat.completions": ("max_completion_tokens", "max_tokens"),
+               "completions": ("max_tokens",), "responses": ("max_output_tokens",),
+               "messages": ("max_tokens",), "embeddings": (), "messages.count_tokens": ()}
+# The field the gateway writes when it clamps a request without one.
+_CLAMP_FIELD = {"chat.completions": "max_completion_tokens", "completions": "max_tokens",
+                "responses": "max_output_tokens", "messages": "max_tokens"}
+# Upstream path per operation, appended to the provider's base URL.
+_PATHS = {"chat.completions": "/chat/completions", "completions": "/completions",
+          "embeddings": "/embeddings", "responses": "/responses", "messages": "/v1/messages",
+          "messages.count_tokens": "/v1/messages/count_tokens"}
+# Markers of the last event of a stream (held back until the call is journaled).
+_TERMINALS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
+
+_REFUSAL_STATUS = {"model": "refused_model", "unpriced": "refused_model",
+                   "concurrency": "refused_rate", "rate_requests": "refused_rate",
+                   "rate_tokens": "refused_rate", "budget": "refused_budget",
+                   "max_tokens": "refused_budget"}
+
+
+def _terminal_at(data: bytes) -> int:
+    """Offset of a stream's final event in ``data`` (-1 if it holds none)."""
+    for marker in _TERMINALS:
+        at = data.find(marker)
+        if at >= 0:
+            return at
+    return -1
+
+
+def refusal_error(refusal: Refusal) -> ApiError:
+    """Translate a policy refusal into a client error with its headers."""
+    headers = dict(refusal.headers)
+    if refusal.retry_after is not None:
+        headers["retry-after"] = str(max(1, round(refusal.retry_after + 0.4999)))
+        headers["retry-after-ms"] = str(int(refusal.retry_after * 1000))
+    kind = {"model": "permission", "unpriced": "permission", "budget": "budget",
+            "max_tokens": "invalid_request"}.get(refusal.kind, "rate_limit")
+    openai_type = "tokens" if refusal.kind == "rate_tokens" else None
+    code = {"concurrency": "concurrency_limit_exceeded", "unpriced": "model_not_priced",
+            "max_tokens": "max_tokens_required"}.get(refusal.kind)
+    return ApiError(refusal.status, kind, refusal.message, headers=headers, code=code,
+                    event_status=_REFUSAL_STATUS.get(refusal.kind, "error"),
+                    openai_type=openai_type)
+
+
+def upstream_error(exc: UpstreamError) -> ApiError:
+    """The client's error for an upstream that failed before answering."""
+    if exc.kind == "timeout":
+        return ApiError(504, "timeout", f"upstream timed out: {exc.message}",
+                        event_status="timeout")
+    return ApiError(502, "upstream", f"upstream unreachable: {exc.message}",
+                    event_status="upstream_error")
+
+
+def token_of(authorization: str | None, api_key: str | None, dialect: str) -> str | None:
+    """The virtual key a client sent: ``Authorization: Bearer``, or on Anthropic routes
+    ``x-api-key``. Called with the two request headers by every data-plane route."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    if dialect == "anthropic":
+        return api_key
+    return None
+
+
+def authenticate(gateway: VKeysGateway, token: str | None) -> KeyRecord:
+    """The caller's key record; raises a 401 :class:`ApiError` saying why not."""
+    if gateway.registry is None:
+        raise ApiError(503, "unavailable", "the gateway is starting; retry in a moment",
+                       headers={"retry-after": "1"})
+    try:
+        return gateway.registry.authenticate(token)
+    except AuthError as exc:
+        raise ApiError(401, "auth", exc.message, event_status="refused_key") from None
+
+
+def error_response(exchange: Exchange, error: ApiError, dialect: str,
+                   request_id: str = "") -> None:
+    """Answer ``error`` in ``dialect`` on ``exchange`` (nothing if the response began)."""
+    if exchange.head_sent:
+        return
+    headers = [("content-type", "application/json"), *error.headers.items()]
+    if request_id:
+        headers.append(("x-request-id", request_id))
+    exchange.start(error.status, headers)
+    exchange.finish(error.body(dialect, request_id))
+
+
+class ProxyCall:
+    """One ``POST`` of an LLM operation, relayed to the model's provider.
+
+    Created by the serving layer with the request's :class:`Exchange`; the
+    serving layer awaits :meth:`run` in a task it may cancel.
+    """
+
+    __slots__ = ("gateway", "exchange", "operation", "dialect", "call", "_ticket", "_meter",
+                 "_rates", "_concluded")
+
+    def __init__(self, gateway: VKeysGateway, exchange: Exchange, operation: str,
+                 dialect: str) -> None:
+        self.gateway = gateway
+        self.exchange = exchange
+        self.operation = operation
+        self.dialect = dialect
+        self.call = Call(operation, dialect, client=(exchange.header("user-agent") or "")[:200])
+        self._ticket = self._meter = self._rates = None
+        self._concluded = False
+
+    async def run(self) -> None:
+        """Answer the call, in every outcome: relayed, refused, cut or failed."""
+        call = self.call
+        call.request_bytes = len(self.exchange.body)
+        try:
+            await self._handle(call)
+        except ApiError as error:
+            call.status, call.http_status = error.event_status, error.status
+            call.error_type, call.error_message = error.kind, error.message
+            self._conclude()
+            error_response(self.exchange, error, self.dialect, call.request_id)
+        except (asyncio.CancelledError, ClientGone):
+            call.status, call.http_status = "cancelled", 499
+            call.error_type = "client_disconnected"
+        except Exception as exc:  # a bug: recorded, settled, answered 500 in the dialect
+            log.exception("jupyter-vkeys: internal error on %s", self.operation)
+            call.status, call.http_status = "error", 500
+            call.error_type, call.error_message = "internal", type(exc).__name__
+            self._conclude()
+            error_response(self.exchange, ApiError(
+                500, "internal", f"internal gateway error ({type(exc).__name__}); the call "
+                "was recorded"), self.dialect, call.request_id)
+        finally:
+            self._conclude()
+
+    def _conclude(self) -> None:
+        """Settle the call's holds and journal its event, exactly once, before the client
+        gets the end of the response (a crash after this point loses nothing)."""
+        if self._concluded:
+            return
+        self._concluded = True
+        call = self.call
+        call.ended = time.time()
+        if self._ticket is not None:
+            self._settle(call)
+        self.gateway.sink.emit(call.event())
+
+    # -- the path of one call ----------------------------------------------------------
+    async def _handle(self, call: Call) -> None:
+        gw = self.gateway
+        raw = self.exchange.body
+        if len(raw) > gw.max_body_bytes:
+            raise ApiError(413, "too_large", f"request body of {len(raw)} bytes exceeds the "
+                           f"gateway's limit of {gw.max_body_bytes} bytes")
+        call.record = record = authenticate(gw, token_of(
+            self.exchange.header("authorization"), self.exchange.header("x-api-key"),
+            self.dialect))
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "invalid_request", f"request body is not valid JSON: {exc}",
+                           event_status="error") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_request", "request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "invalid_request", "missing required parameter 'model'",
+                           param="model")
+        call.request_model = model
+        call.stream = stream = body.get("stream") is True
+        call.prompt_hash = _prompt_hash(body)
+        try:
+            admission = gw.policy.resolve(record, model)
+        except Refusal as refusal:
+            raise refusal_error(refusal) from None
+        routed = gw.route(admission.model)
+        if routed is None:
+            raise ApiError(404, "not_found", f"model '{admission.model}' is not served by this "
+                           "gateway (no catalog entry matches it)", param="model")
+        entry, provider, transport = routed
+        call.provider = provider.name
+        if transport is None:
+            raise ApiError(503, "unavailable", f"provider '{provider.name}' serving model "
+                           f"'{admission.model}' has no credentials configured on the gateway")
+        if not gw.is_fake(transport) and provider.kind != self.dialect:
+            raise ApiError(400, "invalid_request", f"model '{admission.model}' is served by "
+                           f"provider '{provider.name}', which speaks the {provider.kind} API; "
+                           f"call it through the {provider.kind} route", param="model")
+        tier = body.get("service_tier") if isinstance(body.get("service_tier"), str) else ""
+        rates = gw.prices.rates(admission.model, provider.price_provider,
+                                tier if tier not in ("auto", "default") else "")
+        max_fields = _MAX_FIELDS.get(self.operation, ())
+        max_output = next((body[f] for f in max_fields if isinstance(body.get(f), int)
+                           and not isinstance(body.get(f), bool)), None)
+        if not max_fields:
+            max_output = 0
+        try:
+            ticket = gw.policy.admit(admission, rates, input_bound=len(raw),
+                                     input_estimate=len(raw) // 4, max_output=max_output,
+                                     model_max_output=entry.max_output_tokens)
+        except Refusal as refusal:
+            raise refusal_error(refusal) from None
+        self._ticket, self._rates = ticket, rates
+        call.budget_warnings = list(ticket.warnings)
+        if ticket.hold:
+            gw.sink.hold(call.request_id, call.started, partial(call.hold_row, ticket.hold))
+        if gw.log_content:
+            call.prompt_text = orjson.dumps(body.get("messages") or body.get("input")
+                                            or body.get("prompt") or "").decode()
+        # The body goes upstream unchanged unless the gateway must change it.
+        changed = False
+        upstream_model = entry.upstream or admission.model
+        if upstream_model != model:
+            body["model"] = upstream_model
+            changed = True
+        if ticket.clamped_to is not None and self.operation in _CLAMP_FIELD:
+            body[_CLAMP_FIELD[self.operation]] = ticket.clamped_to
+            changed = True
+        strip_usage = False
+        if stream and self.operation in ("chat.completions", "completions"):
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                          "include_usage": True}
+                strip_usage = changed = True
+        payload = orjson.dumps(body) if changed else raw
+        self._meter = meter_for(self.dialect, self.operation, stream, strip_usage)
+        await self._relay(call, provider, transport, body, payload)
+
+    async def _relay(self, call: Call, provider, transport, body: dict, payload: bytes) -> None:
+        gw = self.gateway
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        forward = gw.forwarded_header_names
+        for name, value in self.exchange.header_items():
+            lname = name.lower()
+            if lname in forward:
+                headers[lname] = value
+        if provider.kind == "anthropic" and "anthropic-version" not in headers:
+            headers["anthropic-version"] = "2023-06-01"
+        headers.update(provider.headers)
+        headers.update(provider.auth_headers())
+        url = provider.base_url + _PATHS[self.operation]
+        if provider.query:
+            url += "?" + urlencode(provider.query)
+        request = UpstreamRequest("POST", url, headers, payload, parsed=body,
+                                  operation=self.operation)
+        call.upstream_started = time.time()
+        try:
+            upstream = await transport.send(request)
+        except UpstreamError as exc:
+            raise upstream_error(exc) from None
+        call.upstream_headers_at = time.time()
+        try:
+            await self._relay_response(call, upstream)
+        finally:
+            upstream.close()
+
+    def _response_headers(self, call: Call, upstream_headers: Iterable[tuple[str, str]]
+                          ) -> list[tuple[str, str]]:
+        """The client's response headers: upstream's, filtered, plus the gateway's own."""
+        out = {"content-type": "application/json"}
+        for name, value in upstream_headers:
+            lname = name.lower()
+            if lname not in _DROP_RESPONSE and not lname.startswith(_DROP_PREFIXES):
+                out[lname] = value
+        out["x-request-id"] = call.request_id
+        out["x-vkeys-key-id"] = call.record.id
+        for name, value in self._ticket.headers.items():
+            out[name.lower()] = value
+        return list(out.items())
+
+    async def _relay_response(self, call: Call, upstream) -> None:
+        exchange = self.exchange
+        meter = self._meter
+        status = upstream.status
+        exchange.start(status, self._response_headers(call, upstream.headers.items()))
+        if not (call.stream and status == 200):
+            parts = []
+            try:
+                async for chunk in upstream.chunks():
+                    parts.append(chunk)
+            except UpstreamError as exc:
+                raise upstream_error(exc) from None
+            data = b"".join(parts)
+            call.first_byte = time.time()
+            if status < 300:
+                meter.read_body(data)
+            else:
+                call.status, call.http_status = "upstream_error", status
+                call.error_type, call.error_message = "upstream_status", data[:500].decode(
+                    "utf-8", "replace")
+            call.response_bytes = len(data)
+            call.upstream_wait = time.time() - call.upstream_started
+            self._conclude()
+            exchange.finish(data)
+            return
+        revoked_check = self.gateway.cut_revoked_streams
+        records = self.gateway.registry.records
+        key_id = call.record.id
+        clock = time.perf_counter
+        chunks = upstream.chunks().__aiter__()
+        deferred = b""
+        try:
+            while True:
+                waited = clock()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                call.upstream_wait += clock() - waited
+                out = meter.feed(chunk)
+                if not out:
+                    continue
+                end = _terminal_at(out)
+                if end >= 0:  # the stream's last event waits for the journal write
+                    deferred += out[end:]
+                    out = out[:end]
+                    if not out:
+                        continue
+                if call.first_byte is None:
+                    call.first_byte = time.time()
+                call.response_bytes += len(out)
+                await exchange.write(out)
+                if revoked_check and records[key_id].revoked_at is not None:
+                    call.status, call.error_type = "cancelled", "key_revoked"
+                    exchange.abort()
+                    return
+            deferred += meter.finish()
+            call.upstream_wait += call.upstream_headers_at - call.upstream_started
+            call.response_bytes += len(deferred)
+            self._conclude()
+            if deferred and call.first_byte is None:
+                call.first_byte = time.time()
+            exchange.finish(deferred)
+        except UpstreamError as exc:
+            # Headers are out: the client sees the stream end early, the warehouse sees why.
+            call.status = "timeout" if exc.kind == "timeout" else "upstream_error"
+            call.error_type, call.error_message = exc.kind, exc.message
+            self._conclude()
+            exchange.abort()
+
+    def _settle(self, call: Call) -> None:
+        """Replace the hold with what the call actually cost; never raises."""
+        meter, rates = self._meter, self._rates
+        usage = meter.usage if meter is not None else None
+        if usage is None and meter is not None and (meter.deltas or call.first_byte):
+            # Cut off before the upstream reported usage: charge what it produced.
+            usage = Usage(input_uncached=call.request_bytes // 4, output=meter.deltas)
+            call.usage_estimated = True
+        if meter is not None:
+            call.response_model = meter.response_model
+            call.finish_reason = meter.finish_reason
+        call.usage = usage
+        if usage is not None and rates is not None:
+            cost = rates.cost(usage)
+        elif usage is not None:
+            cost = Cost(0, {}, "", "unpriced")
+        else:
+            cost = Cost(0, {}, rates.version if rates else "", "priced" if rates else "unpriced")
+        call.cost = cost
+        crossed = self.gateway.policy.settle(self._ticket, cost.pico,
+                                             usage.total if usage else 0)
+        if crossed:
+            call.budget_warnings.extend(crossed)
+            log.info("budget warning: %s", "; ".join(crossed))
+
+
+def _prompt_hash(body: dict) -> str:
+    """A short hash of the normalized prompt, for loop detection (never the text)."""
+    prompt = body.get("messages") or body.get("input") or body.get("prompt") or ""
+    return hashlib.blake2b(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS),
+                           digest_size=8).hexdigest()

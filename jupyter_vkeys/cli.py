@@ -66,7 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     import tornado.httpserver
 
-    from .gateway.app import make_app
+    from .gateway.app import make_app, proxy_routes
+    from .gateway.lean_server import LeanServer
 
     gateway = build_gateway(args)
     await gateway.start()
@@ -74,15 +75,19 @@ async def _serve(args: argparse.Namespace) -> int:
     # keep it out of the garbage collector's full scans, which otherwise show up in p99.
     gc.collect()
     gc.freeze()
-    server = tornado.httpserver.HTTPServer(make_app(gateway), xheaders=False,
-                                           max_body_size=gateway.max_body_bytes * 2 + (1 << 20),
-                                           idle_connection_timeout=3600)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     sock.listen(1024)
     sock.setblocking(False)
-    server.add_sockets([sock])
+    if args.server == "lean":
+        server = LeanServer(gateway, make_app(gateway), proxy_routes(gateway))
+        await server.listen(sock)
+    else:
+        server = tornado.httpserver.HTTPServer(
+            make_app(gateway), xheaders=False, idle_connection_timeout=3600,
+            max_body_size=gateway.max_body_bytes * 2 + (1 << 20))
+        server.add_sockets([sock])
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{port}{gateway.prefix}"
@@ -97,7 +102,10 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    server.stop()
+    if isinstance(server, LeanServer):
+        server.close()
+    else:
+        server.stop()
     await gateway.stop()
     try:
         runtime.unlink()
@@ -389,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--fake", action="store_true", help="answer every model from the "
                                                            "offline fake provider")
     serve.add_argument("--no-uvloop", action="store_true", help="use asyncio's default loop")
+    serve.add_argument("--server", choices=("lean", "tornado"), default="lean", help=(
+        "HTTP front: lean answers data-plane calls on httptools and passes the other routes "
+        "to tornado; tornado serves everything (as inside a Jupyter server)"))
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(func=cmd_serve)

@@ -27,15 +27,16 @@ def clock() -> Clock:
 
 @pytest.fixture
 def make_gateway(tmp_path: Path, clock: Clock):
-    """Factory: ``make_gateway(**traits)`` starts a gateway with ``c.VKeysGateway`` traits."""
+    """Factory: ``make_gateway(**traits)`` starts a gateway with ``c.VKeysGateway`` traits
+    (``front=`` picks the HTTP front, see :class:`RunningGateway`)."""
     started: list[RunningGateway] = []
 
-    def factory(**traits: Any) -> RunningGateway:
+    def factory(front: str = "lean", **traits: Any) -> RunningGateway:
         config = Config()
         config.VKeysGateway.data_dir = str(tmp_path / f"data{len(started)}")
         for name, value in traits.items():
             setattr(config.VKeysGateway, name, value)
-        running = RunningGateway(config, clock)
+        running = RunningGateway(config, clock, front)
         started.append(running)
         return running
 
@@ -62,8 +63,11 @@ def fake_upstream():
 
 @pytest.fixture(params=["lean", "aiohttp"])
 def relay_gateway(request, make_gateway, fake_upstream, monkeypatch, tmp_path):
-    """The relay gateway, once per upstream HTTP client."""
-    return build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path, request.param)
+    """The relay gateway, once per upstream HTTP client: the lean client behind the lean
+    front (the standalone server), aiohttp's behind tornado's front (as in Jupyter)."""
+    front = "lean" if request.param == "lean" else "tornado"
+    return build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path,
+                               request.param, front)
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,8 @@ import tornado.httpserver
 from traitlets.config import Config
 
 from jupyter_vkeys.gateway import VKeysGateway, make_app
+from jupyter_vkeys.gateway.app import proxy_routes
+from jupyter_vkeys.gateway.lean_server import LeanServer
 
 REAL_OPENAI_KEY = "sk-real-openai-SECRET-0123456789abcdef"
 REAL_ANTHROPIC_KEY = "sk-ant-real-SECRET-fedcba9876543210"
@@ -49,10 +51,13 @@ class Clock:
 
 
 class RunningGateway:
-    """A started gateway served on 127.0.0.1 from a background thread."""
+    """A started gateway served on 127.0.0.1 from a background thread, behind the
+    standalone server's lean front (``front="lean"``) or tornado's HTTP server alone
+    (``front="tornado"``, as inside a Jupyter server)."""
 
-    def __init__(self, config: Config, clock: Clock) -> None:
+    def __init__(self, config: Config, clock: Clock, front: str = "lean") -> None:
         self.clock = clock
+        self.front = front
         self.gateway = VKeysGateway(config=config, clock=clock)
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
@@ -72,9 +77,19 @@ class RunningGateway:
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_until_complete(self.gateway.start())
-            self.server = tornado.httpserver.HTTPServer(
-                make_app(self.gateway), max_body_size=self.gateway.max_body_bytes * 2 + (1 << 20))
-            self.server.listen(self.port, "127.0.0.1")
+            if self.front == "lean":
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", self.port))
+                sock.listen(128)
+                sock.setblocking(False)
+                self.server = LeanServer(self.gateway, make_app(self.gateway),
+                                         proxy_routes(self.gateway))
+                self.loop.run_until_complete(self.server.listen(sock))
+            else:
+                self.server = tornado.httpserver.HTTPServer(
+                    make_app(self.gateway),
+                    max_body_size=self.gateway.max_body_bytes * 2 + (1 << 20))
+                self.server.listen(self.port, "127.0.0.1")
         except BaseException as exc:  # surfaced to the test thread
             self._error = exc
             self._ready.set()
@@ -90,7 +105,10 @@ class RunningGateway:
         self._stopped = True
 
         async def shutdown() -> None:
-            self.server.stop()
+            if isinstance(self.server, LeanServer):
+                self.server.close()
+            else:
+                self.server.stop()
             await self.gateway.stop()
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -216,7 +234,8 @@ class ServeProcess:
         self.log.close()
 
 
-def build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path, client: str):
+def build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path, client: str,
+                        front: str = "lean"):
     """A gateway whose providers are the fake upstream processes, with real-looking keys
     (one from an environment variable, one from a secrets file)."""
     monkeypatch.setenv("TEST_OPENAI_KEY", REAL_OPENAI_KEY)
@@ -228,4 +247,5 @@ def build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path, clie
         "anthropic": {"kind": "anthropic", "base_url": fake_upstream["anthropic"].url,
                       "api_key_file": str(secret_file)},
     }
-    return make_gateway(providers=providers, read_timeout=3.0, upstream_client=client)
+    return make_gateway(providers=providers, read_timeout=3.0, upstream_client=client,
+                        front=front)

@@ -16,11 +16,13 @@ from support import anthropic_client, build_relay_gateway, openai_client
 
 @pytest.fixture(params=["fake", "relay-lean", "relay-aiohttp"])
 def gw(request, make_gateway, fake_upstream, monkeypatch, tmp_path):
-    """The in-process fake provider, or the relay path with either upstream client."""
+    """The in-process fake provider (behind tornado's front), or the relay path with either
+    upstream client (lean behind the lean front, aiohttp behind tornado's)."""
     if request.param == "fake":
-        return make_gateway(fake_mode="always")
-    return build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path,
-                               request.param.split("-")[1])
+        return make_gateway(fake_mode="always", front="tornado")
+    client = request.param.split("-")[1]
+    return build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path, client,
+                               "lean" if client == "lean" else "tornado")
 
 
 def test_openai_chat_sync(gw):

@@ -1,7 +1,9 @@
-"""The tornado routes of one gateway, and a standalone application around them.
+"""The routes of one gateway, and a standalone application around them.
 
 :func:`gateway_handlers` is what both hosts mount: the standalone server via
 :func:`make_app`, the Jupyter server extension under its ``base_url``.
+:func:`proxy_routes` lists the data-plane calls, which the standalone server's
+lean front (:mod:`.lean_server`) answers before tornado sees them.
 """
 
 from __future__ import annotations
@@ -19,18 +21,24 @@ OPENAI_OPERATIONS = {"chat/completions": "chat.completions", "completions": "com
 ANTHROPIC_OPERATIONS = {"messages": "messages", "messages/count_tokens": "messages.count_tokens"}
 
 
+def proxy_routes(gateway: VKeysGateway, base_url: str = "") -> dict[str, tuple[str, str]]:
+    """``{path: (operation, dialect)}`` of every data-plane POST route."""
+    prefix = base_url.rstrip("/") + "/" + gateway.prefix.strip("/")
+    routes = {f"{prefix}/openai/v1/{path}": (operation, "openai")
+              for path, operation in OPENAI_OPERATIONS.items()}
+    routes.update({f"{prefix}/anthropic/v1/{path}": (operation, "anthropic")
+                   for path, operation in ANTHROPIC_OPERATIONS.items()})
+    return routes
+
+
 def gateway_handlers(gateway: VKeysGateway, *, base_url: str = "",
                      admin_auth: type = TokenAdminAuth,
                      admin_decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
     """All data-plane and admin routes under ``base_url + gateway.prefix``."""
     prefix = base_url.rstrip("/") + "/" + gateway.prefix.strip("/")
-    routes: list[tuple] = []
-    for path, operation in OPENAI_OPERATIONS.items():
-        routes.append((f"{prefix}/openai/v1/{path}", ProxyHandler,
-                       {"gateway": gateway, "operation": operation, "dialect": "openai"}))
-    for path, operation in ANTHROPIC_OPERATIONS.items():
-        routes.append((f"{prefix}/anthropic/v1/{path}", ProxyHandler,
-                       {"gateway": gateway, "operation": operation, "dialect": "anthropic"}))
+    routes: list[tuple] = [
+        (path, ProxyHandler, {"gateway": gateway, "operation": operation, "dialect": dialect})
+        for path, (operation, dialect) in proxy_routes(gateway, base_url).items()]
     routes.append((f"{prefix}/openai/v1/models", ModelsHandler,
                    {"gateway": gateway, "dialect": "openai"}))
     routes.append((f"{prefix}/anthropic/v1/models", ModelsHandler,

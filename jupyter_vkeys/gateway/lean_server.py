@@ -1,0 +1,485 @@
+"""The standalone gateway's HTTP/1.1 front: data-plane calls without tornado's machinery.
+
+Measured on the benchmark machine, tornado's server side (HTTP1Connection,
+IOStream, HTTPHeaders, RequestHandler) was about 40% of the gateway's CPU per
+call. This front parses requests with ``httptools`` on an asyncio Protocol and
+hands each data-plane ``POST`` straight to :class:`.proxy.ProxyCall` through
+:class:`_LeanExchange`. Every other request (admin API, health, models, 404s)
+is passed, fully read, to the same tornado ``Application`` the Jupyter
+extension mounts, through :class:`_TornadoBridge`, so those routes behave the
+same in both hosts.
+
+Used by ``jupyter vkeys serve`` (:mod:`jupyter_vkeys.cli`) unless
+``--server tornado`` is given; inside a Jupyter server tornado keeps the socket
+and :mod:`.dataplane` carries the calls.
+
+Requests on one connection are answered in order (pipelined ones wait their
+turn); reading pauses while too many wait. Bodies over ``max_body_bytes`` are
+refused with 413 as soon as their declared length is known, and the
+connection is closed without reading them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import time
+from collections import deque
+from typing import Callable, Iterable
+
+import httptools
+import tornado.httputil
+import tornado.web
+from tornado.concurrent import Future
+
+from .core import VKeysGateway
+from .errors import ApiError
+from .exchange import ClientGone, Exchange
+from .proxy import ProxyCall
+
+log = logging.getLogger("jupyter_vkeys.gateway")
+
+_MAX_QUEUED = 16  # pipelined requests held before reading pauses
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    """``HTTP/1.1 <status> <reason>\\r\\n``, cached per status."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            reason = http.HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
+    return line
+
+
+_date_cache = [0, b""]
+
+
+def _date_header() -> bytes:
+    """The ``date:`` header line, formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = b"date: " + time.strftime(
+            "%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode() + b"\r\n"
+    return _date_cache[1]
+
+
+class _Request:
+    """One fully read request, waiting its turn on its connection."""
+
+    __slots__ = ("method", "url", "version", "items", "body", "keep_alive", "refusal")
+
+    def __init__(self, method: str, url: str, version: str, items: list[tuple[str, str]],
+                 body: bytes, keep_alive: bool, refusal: ApiError | None = None) -> None:
+        self.method = method
+        self.url = url
+        self.version = version
+        self.items = items
+        self.body = body
+        self.keep_alive = keep_alive
+        self.refusal = refusal
+
+
+class LeanServer:
+    """Serves one started gateway: its data-plane routes directly, the rest via tornado.
+
+    Created by the CLI's ``serve`` after :meth:`VKeysGateway.start`;
+    :meth:`listen` starts accepting, :meth:`close` stops.
+    """
+
+    def __init__(self, gateway: VKeysGateway, app: tornado.web.Application,
+                 proxy_routes: dict[str, tuple[str, str]]) -> None:
+        self.gateway = gateway
+        self.app = app
+        self.proxy_routes = proxy_routes
+        self.dialect_of = {path.rsplit("/v1/", 1)[0]: dialect
+                           for path, (_, dialect) in proxy_routes.items()}
+        self.connections: set[_Connection] = set()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def listen(self, sock) -> None:
+        """Accept connections on the bound, listening socket ``sock``."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Connection(self), sock=sock)
+
+    def close(self) -> None:
+        """Stop accepting and close every connection (in-flight calls are cancelled)."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.abort()
+
+    def dialect_for(self, path: str) -> str:
+        """The error dialect of ``path`` (Anthropic routes answer Anthropic errors)."""
+        for prefix, dialect in self.dialect_of.items():
+            if path.startswith(prefix):
+                return dialect
+        return "openai"
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests and answers them one at a time."""
+
+    def __init__(self, server: LeanServer) -> None:
+        self.server = server
+        self.max_body = server.gateway.max_body_bytes
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.queue: deque[_Request] = deque()
+        self.busy = False
+        self.closing = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drain: asyncio.Future | None = None
+        self.task: asyncio.Task | None = None
+        self.on_close: Callable[[], None] | None = None
+        self._url = b""
+        self._items: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._keep_alive = True
+        self._refused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # no upgrades here: the request (already complete) is answered as HTTP/1.1
+        except httptools.HttpParserError as exc:
+            self._refuse_now(ApiError(400, "invalid_request", f"malformed HTTP request ({exc})"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.on_close is not None:
+            callback, self.on_close = self.on_close, None
+            callback()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self.drain is not None and not self.drain.done():
+            self.drain.set_result(None)
+        self.drain = None
+
+    # -- httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._items = []
+        self._body = []
+        self._size = 0
+        self._refused = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._items.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._keep_alive = self.parser.should_keep_alive()
+        expect = False
+        for name, value in self._items:
+            lname = name.lower()
+            if lname == "content-length" and value.isdigit() and int(value) > self.max_body:
+                self._too_large(int(value))
+                return
+            if lname == "expect" and value.lower() == "100-continue":
+                expect = True
+        if expect and not self.busy and not self.queue:
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
+        self._size += len(body)
+        if self._size > self.max_body:
+            self._too_large(self._size)
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._enqueue(_Request(self.parser.get_method().decode("latin-1"),
+                               self._url.decode("latin-1"), self.parser.get_http_version(),
+                               self._items, body, self._keep_alive))
+
+    # -- requests in turn --------------------------------------------------------------
+    def _too_large(self, size: int) -> None:
+        """Refuse the request being read; the rest of its body is never read."""
+        self._refused = True
+        self.closing = True  # stop parsing: the connection ends after the 413
+        self._enqueue(_Request(self.parser.get_method().decode("latin-1"),
+                               self._url.decode("latin-1"), self.parser.get_http_version(),
+                               self._items, b"", False, ApiError(
+                                   413, "too_large", f"request body of {size} bytes exceeds "
+                                   f"the gateway's limit of {self.max_body} bytes")))
+
+    def _refuse_now(self, error: ApiError) -> None:
+        self.closing = True
+        self._enqueue(_Request("GET", "/", "1.1", [], b"", False, error))
+
+    def _enqueue(self, request: _Request) -> None:
+        self.queue.append(request)
+        if not self.busy:
+            self._next()
+        elif len(self.queue) >= _MAX_QUEUED and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _next(self) -> None:
+        """Start answering the oldest waiting request."""
+        request = self.queue.popleft()
+        if self.reading_paused and not self.closing:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        self.busy = True
+        path = request.url.partition("?")[0]
+        exchange = _LeanExchange(self, request)
+        if request.refusal is not None:
+            exchange.send_error(request.refusal, self.server.dialect_for(path))
+            return
+        route = self.server.proxy_routes.get(path) if request.method == "POST" else None
+        if route is not None:
+            call = ProxyCall(self.server.gateway, exchange, route[0], route[1])
+            self.task = task = self.loop.create_task(call.run())
+            task.add_done_callback(exchange.task_done)
+        else:
+            _TornadoBridge(self, request).run(self.server.app)
+
+    def response_done(self, keep_alive: bool) -> None:
+        """Called when a response has been written in full."""
+        self.task = None
+        self.on_close = None
+        self.busy = False
+        if not keep_alive or self.transport.is_closing():
+            self.closing = True
+            self.transport.close()
+        elif self.queue:
+            self._next()
+
+    def abort(self) -> None:
+        """Drop the connection at once (the client sees a cut response)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def drained(self) -> None:
+        """Wait until the client's socket takes more data; :class:`ClientGone` if it left."""
+        if self.transport.is_closing():
+            raise ClientGone()
+        if self.writing_paused:
+            self.drain = self.loop.create_future()
+            await self.drain
+            if self.transport.is_closing():
+                raise ClientGone()
+
+
+def _head(status: int, headers: Iterable[tuple[str, str]], framing: bytes) -> bytes:
+    """A response head: status line, ``headers``, date and the framing header(s)."""
+    parts = [_status_line(status)]
+    for name, value in headers:
+        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    parts.append(_date_header())
+    parts.append(framing)
+    return b"".join(parts)
+
+
+class _LeanExchange(Exchange):
+    """:class:`Exchange` of the lean front; one per request."""
+
+    __slots__ = ("conn", "request", "body", "_headers_map", "_status", "_headers", "_sent",
+                 "_chunked", "_finished")
+
+    def __init__(self, conn: _Connection, request: _Request) -> None:
+        self.conn = conn
+        self.request = request
+        self.body = request.body
+        self._headers_map: dict[str, str] | None = None
+        self._status = 200
+        self._headers: Iterable[tuple[str, str]] = ()
+        self._sent = False
+        self._chunked = False
+        self._finished = False
+
+    def header(self, name: str) -> str | None:
+        if self._headers_map is None:
+            self._headers_map = {k.lower(): v for k, v in self.request.items}
+        return self._headers_map.get(name)
+
+    def header_items(self) -> Iterable[tuple[str, str]]:
+        return self.request.items
+
+    @property
+    def head_sent(self) -> bool:
+        return self._sent
+
+    def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        self._status = status
+        self._headers = headers
+
+    async def write(self, data: bytes) -> None:
+        conn = self.conn
+        if conn.transport.is_closing():
+            raise ClientGone()
+        if not self._sent:
+            self._sent = True
+            keep = self.request.keep_alive and self.request.version == "1.1"
+            self._chunked = keep
+            framing = b"transfer-encoding: chunked\r\n\r\n" if keep else \
+                b"connection: close\r\n\r\n"
+            self.request.keep_alive = keep
+            head = _head(self._status, self._headers, framing)
+            conn.transport.write(head + (b"%x\r\n%s\r\n" % (len(data), data) if keep else data)
+                                 if data else head)
+        elif data:
+            conn.transport.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+        if conn.writing_paused:
+            await conn.drained()
+
+    def finish(self, data: bytes = b"") -> None:
+        if self._finished:
+            return
+        self._finished = True
+        conn = self.conn
+        keep = self.request.keep_alive
+        if conn.transport.is_closing():
+            conn.response_done(False)
+            return
+        if not self._sent:
+            self._sent = True
+            framing = b"content-length: %d\r\n%s\r\n" % (
+                len(data), b"" if keep else b"connection: close\r\n")
+            conn.transport.write(_head(self._status, self._headers, framing) + data)
+        elif self._chunked:
+            conn.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data) if data
+                                 else b"0\r\n\r\n")
+        elif data:
+            conn.transport.write(data)
+        conn.response_done(keep)
+
+    def abort(self) -> None:
+        self._finished = True
+        self.conn.abort()
+
+    def send_error(self, error: ApiError, dialect: str) -> None:
+        """Answer a refusal made before any handler ran (413, malformed request)."""
+        self.start(error.status, [("content-type", "application/json"),
+                                  *error.headers.items()])
+        self.finish(error.body(dialect))
+
+    def task_done(self, task: asyncio.Task) -> None:
+        """Done callback of the call's task: a call that ended without answering (it was
+        cancelled, or a bug) cuts the connection rather than leaving it hanging."""
+        if not self._finished:
+            self.abort()
+
+
+class _TornadoBridge(tornado.httputil.HTTPConnection):
+    """Runs one fully read request through the tornado ``Application`` and writes the
+    answer on the lean connection (the admin API, health, models and 404s)."""
+
+    def __init__(self, conn: _Connection, request: _Request) -> None:
+        self.conn = conn
+        self.request = request
+        self.context = _Context(conn.transport)
+        self._chunked = False
+        self._keep_alive = request.keep_alive
+
+    def run(self, app: tornado.web.Application) -> None:
+        """Feed the request to ``app`` as tornado's own HTTP server would."""
+        request = self.request
+        headers = tornado.httputil.HTTPHeaders()
+        for name, value in request.items:
+            headers.add(name, value)
+        start_line = tornado.httputil.RequestStartLine(request.method, request.url,
+                                                       "HTTP/" + request.version)
+        delegate = app.start_request(None, self)
+        delegate.headers_received(start_line, headers)
+        if request.body:
+            delegate.data_received(request.body)
+        delegate.finish()
+
+    # -- tornado.httputil.HTTPConnection -----------------------------------------------
+    def set_close_callback(self, callback: Callable[[], None] | None) -> None:
+        self.conn.on_close = callback
+
+    def write_headers(self, start_line, headers, chunk: bytes | None = None) -> Future[None]:
+        status = start_line.code
+        lowered = {name.lower() for name in headers}
+        bodyless = status in (204, 304) or 100 <= status < 200 or self.request.method == "HEAD"
+        if "content-length" in lowered or bodyless:
+            framing = b"\r\n"
+        elif self.request.version == "1.1" and self._keep_alive:
+            self._chunked = True
+            framing = b"transfer-encoding: chunked\r\n\r\n"
+        else:
+            self._keep_alive = False
+            framing = b"\r\n"
+        if not self._keep_alive and "connection" not in lowered:
+            framing = b"connection: close\r\n" + framing
+        pairs = [(name, value) for name, value in headers.get_all()
+                 if name.lower() != "date"]
+        self.conn.transport.write(_head(status, pairs, framing) + self._frame(chunk))
+        return self._drained()
+
+    def write(self, chunk: bytes) -> Future[None]:
+        self.conn.transport.write(self._frame(chunk))
+        return self._drained()
+
+    def finish(self) -> None:
+        if self._chunked:
+            self.conn.transport.write(b"0\r\n\r\n")
+        self.conn.response_done(self._keep_alive)
+
+    def _frame(self, chunk: bytes | None) -> bytes:
+        if not chunk:
+            return b""
+        return b"%x\r\n%s\r\n" % (len(chunk), chunk) if self._chunked else chunk
+
+    def _drained(self) -> Future[None]:
+        future: Future[None] = Future()
+        if self.conn.writing_paused:
+            def done(_: asyncio.Future) -> None:
+                if not future.done():
+                    future.set_result(None)
+            self.conn.drain = self.conn.drain or self.conn.loop.create_future()
+            self.conn.drain.add_done_callback(done)
+        else:
+            future.set_result(None)
+        return future
+
+
+class _Context:
+    """What tornado's ``HTTPServerRequest`` reads from a connection's context."""
+
+    __slots__ = ("remote_ip", "protocol")
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.remote_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self.protocol = "http"

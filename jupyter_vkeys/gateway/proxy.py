@@ -62,13 +62,9 @@ _REFUSAL_STATUS = {"model": "refused_model", "unpriced": "refused_model",
                    "max_tokens": "refused_budget"}
 
 
-def _terminal_at(data: bytes) -> int:
-    """Offset of a stream's final event in ``data`` (-1 if it holds none)."""
-    for marker in _TERMINALS:
-        at = data.find(marker)
-        if at >= 0:
-            return at
-    return -1
+def _ends_stream(data: bytes) -> bool:
+    """Whether ``data`` holds a stream's final event."""
+    return _TERMINALS[0] in data or _TERMINALS[1] in data or _TERMINALS[2] in data
 
 
 def refusal_error(refusal: Refusal) -> ApiError:
@@ -352,12 +348,11 @@ class ProxyCall:
                 out = meter.feed(chunk)
                 if not out:
                     continue
-                end = _terminal_at(out)
-                if end >= 0:  # the stream's last event waits for the journal write
-                    deferred += out[end:]
-                    out = out[:end]
-                    if not out:
-                        continue
+                if deferred or _ends_stream(out):
+                    # The stream's last event, and what arrived with it, waits for the
+                    # journal write; sent together they cost the client one write less.
+                    deferred += out
+                    continue
                 if call.first_byte is None:
                     call.first_byte = time.time()
                 call.response_bytes += len(out)
@@ -369,9 +364,9 @@ class ProxyCall:
             deferred += meter.finish()
             call.upstream_wait += call.upstream_headers_at - call.upstream_started
             call.response_bytes += len(deferred)
-            self._conclude()
             if deferred and call.first_byte is None:
                 call.first_byte = time.time()
+            self._conclude()
             exchange.finish(deferred)
         except UpstreamError as exc:
             # Headers are out: the client sees the stream end early, the warehouse sees why.

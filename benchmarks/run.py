@@ -1,15 +1,17 @@
 """Side-by-side benchmark: direct upstream vs the trivial proxy baseline vs jupyter-vkeys.
 
 Starts, on loopback: the fast fake upstream (plain and TLS), the baseline
-(tornado + aiohttp pooled client), and the gateway (``jupyter-vkeys serve`` with
-a policy-carrying key, budgets, RPM and warehouse logging on), and optionally
-LiteLLM's proxy from a separate virtual environment. Load comes from ``wrk``
+(tornado + aiohttp pooled client), the gateway (``jupyter-vkeys serve`` with a
+policy-carrying key, budgets, RPM and warehouse logging on), the same gateway
+behind tornado's HTTP server (``--server tornado``, the data plane as it runs
+inside a Jupyter server; column ``vkeys-tornado``), and optionally LiteLLM's
+proxy from a separate virtual environment. Load comes from ``wrk``
 (Debian package) for non-streaming calls and from an aiohttp client for
 streaming time-to-first-byte. Prints a table of absolute figures and ratios and
 writes it as JSON.
 
-    python benchmarks/run.py                 # about 3 minutes
-    python benchmarks/run.py --quick         # about 1 minute, noisier
+    python benchmarks/run.py                 # about 5 minutes
+    python benchmarks/run.py --quick         # about 2 minutes, noisier
     python benchmarks/run.py --litellm benchmarks/.litellm-venv
 
 Every figure is a median over interleaved repetitions, so slow drift of the
@@ -145,7 +147,8 @@ def admin(url: str, token: str, method: str, path: str, body=None):
         return json.loads(resp.read())
 
 
-def start_gateway(procs: Procs, upstream: str, data_dir: Path, ca_file: str = "") -> dict:
+def start_gateway(procs: Procs, upstream: str, data_dir: Path, ca_file: str = "",
+                  front: str = "lean") -> dict:
     port = free_port()
     provider = {"kind": "openai", "base_url": upstream + "/v1", "api_key_env": "BENCH_REAL_KEY"}
     if ca_file:
@@ -157,7 +160,7 @@ def start_gateway(procs: Procs, upstream: str, data_dir: Path, ca_file: str = ""
     token = "bench-admin-token"
     proc = procs.start([sys.executable, "-m", "jupyter_vkeys.cli", "serve", "--port", str(port),
                         "--data-dir", str(data_dir), "--config", str(config),
-                        "--log-level", "WARNING"],
+                        "--log-level", "WARNING", "--server", front],
                        env={"BENCH_REAL_KEY": "sk-bench-real", "VKEYS_ADMIN_TOKEN": token},
                        port=port)
     url = f"http://127.0.0.1:{port}/vkeys"
@@ -229,11 +232,15 @@ def main() -> int:
                     port=base_tls_port)
         gw = start_gateway(procs, upstream, work / "gw")
         gw_tls = start_gateway(procs, tls_upstream, work / "gw-tls", ca_file=cert)
+        # The same gateway behind tornado's HTTP server, as it runs inside a Jupyter server.
+        gw_tornado = start_gateway(procs, upstream, work / "gw-tornado", front="tornado")
         contenders = {
             "direct": (f"{upstream}/v1/chat/completions", {}),
             "baseline": (f"http://127.0.0.1:{base_port}/v1/chat/completions", {}),
             "vkeys": (f"{gw['url']}/openai/v1/chat/completions",
                       {"Authorization": f"Bearer {gw['key']}"}),
+            "vkeys-tornado": (f"{gw_tornado['url']}/openai/v1/chat/completions",
+                              {"Authorization": f"Bearer {gw_tornado['key']}"}),
         }
         litellm = run_litellm(procs, args.litellm, upstream) if args.litellm else None
         if litellm:
@@ -253,7 +260,8 @@ def main() -> int:
                 for name, (url, headers) in contenders.items():
                     runs[name][f"c{conc}"].append(wrk(url, headers, CHAT, conc, secs))
         # CPU per request at concurrency 64 (gateway and baseline processes)
-        for name, pid in (("vkeys", gw["proc"].pid), ("baseline", procs.procs[2].pid)):
+        for name, pid in (("vkeys", gw["proc"].pid), ("baseline", procs.procs[2].pid),
+                          ("vkeys-tornado", gw_tornado["proc"].pid)):
             before = cpu_seconds(pid)
             r = wrk(*contenders[name], CHAT, 64, secs)
             cpu[name] = (cpu_seconds(pid) - before) / (r["rps"] * secs) * 1e6
@@ -275,10 +283,10 @@ def main() -> int:
         # Streaming: 20 chunks plus usage
         n_stream = 150 if args.quick else 400
         stream = {}
-        for name in ("direct", "baseline", "vkeys"):
+        for name in ("direct", "baseline", "vkeys", "vkeys-tornado"):
             url, headers = contenders[name]
             stream[name] = asyncio.run(stream_times(url, headers, n_stream))
-        for name in ("baseline", "vkeys"):
+        for name in ("baseline", "vkeys", "vkeys-tornado"):
             table[name]["stream_added_ttfb_ms"] = stream[name]["ttfb"] - stream["direct"]["ttfb"]
             table[name]["stream_added_total_ms"] = (stream[name]["total"]
                                                     - stream["direct"]["total"])
@@ -338,9 +346,9 @@ def _lua(body: dict, headers: dict[str, str]) -> str:
 
 def report(results: dict) -> None:
     t = results["table"]
-    names = [n for n in ("direct", "baseline", "vkeys", "litellm") if n in t]
+    names = [n for n in ("direct", "baseline", "vkeys", "vkeys-tornado", "litellm") if n in t]
     print(f"\nmachine: {results['machine']}")
-    print(f"\n{'':28}" + "".join(f"{n:>12}" for n in names))
+    print(f"\n{'':28}" + "".join(f"{n:>14}" for n in names))
     for field, label in (("p50_ms", "latency p50 (ms)"), ("p99_ms", "latency p99 (ms)"),
                          ("added_p50_ms", "added p50 (ms)"), ("added_p99_ms", "added p99 (ms)"),
                          ("rps_c16", "req/s at c16"), ("rps_c64", "req/s at c64"),
@@ -351,7 +359,7 @@ def report(results: dict) -> None:
         cells = []
         for n in names:
             v = t[n].get(field)
-            cells.append(f"{v:12.3f}" if isinstance(v, float) else f"{v if v is not None else '-':>12}")
+            cells.append(f"{v:14.3f}" if isinstance(v, float) else f"{v if v is not None else '-':>14}")
         print(f"{label:28}" + "".join(cells))
     v, b = t["vkeys"], t["baseline"]
     print("\nratios (vkeys / baseline):")
@@ -362,6 +370,12 @@ def report(results: dict) -> None:
     print(f"  throughput c64      {v['rps_c64'] / b['rps_c64']:.2f}x  (target >= 1.0)")
     print(f"  stream added TTFB   {v['stream_added_ttfb_ms']:.3f} ms, total "
           f"{v['stream_added_total_ms']:.3f} ms  (target each <= 0.6 ms)")
+    if "vkeys-tornado" in t:
+        vt = t["vkeys-tornado"]
+        print(f"  tornado front       (as inside Jupyter) added p50 "
+              f"{vt['added_p50_ms'] / b['added_p50_ms']:.2f}x, throughput c16 "
+              f"{vt['rps_c16'] / b['rps_c16']:.2f}x, c64 {vt['rps_c64'] / b['rps_c64']:.2f}x, "
+              f"stream added TTFB {vt['stream_added_ttfb_ms']:.3f} ms")
     tls = t["tls"]
     print(f"  TLS upstream        {tls['requests']} requests over {tls['tls_handshakes']} "
           f"handshakes; vkeys {tls['vkeys_rps_c16']:.0f} req/s vs baseline "

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -67,7 +66,7 @@ async def _serve(args: argparse.Namespace) -> int:
     import tornado.httpserver
 
     from .gateway.app import make_app, proxy_routes
-    from .gateway.lean_server import LeanServer
+    from .gateway.lean_server import LeanServer, listening_socket
 
     gateway = build_gateway(args)
     await gateway.start()
@@ -75,11 +74,7 @@ async def _serve(args: argparse.Namespace) -> int:
     # keep it out of the garbage collector's full scans, which otherwise show up in p99.
     gc.collect()
     gc.freeze()
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    sock.listen(1024)
-    sock.setblocking(False)
+    sock = listening_socket(args.host, args.port)
     if args.server == "lean":
         server = LeanServer(gateway, make_app(gateway), proxy_routes(gateway))
         await server.listen(sock)

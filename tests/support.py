@@ -21,7 +21,7 @@ from traitlets.config import Config
 
 from jupyter_vkeys.gateway import VKeysGateway, make_app
 from jupyter_vkeys.gateway.app import proxy_routes
-from jupyter_vkeys.gateway.lean_server import LeanServer
+from jupyter_vkeys.gateway.lean_server import LeanServer, listening_socket
 
 REAL_OPENAI_KEY = "sk-real-openai-SECRET-0123456789abcdef"
 REAL_ANTHROPIC_KEY = "sk-ant-real-SECRET-fedcba9876543210"
@@ -78,10 +78,7 @@ class RunningGateway:
         try:
             self.loop.run_until_complete(self.gateway.start())
             if self.front == "lean":
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", self.port))
-                sock.listen(128)
-                sock.setblocking(False)
+                sock = listening_socket("127.0.0.1", self.port)
                 self.server = LeanServer(self.gateway, make_app(self.gateway),
                                          proxy_routes(self.gateway))
                 self.loop.run_until_complete(self.server.listen(sock))

@@ -210,3 +210,20 @@ def test_bridged_routes_admin_404_and_405(gw):
         assert status == 200 and json.loads(body)["data"]
         sock.sendall(request_bytes(key, CHAT))  # and the data plane still on the same socket
         assert read_response(sock, buffer)[0] == 200
+
+
+def test_idle_and_half_sent_connections_are_closed(gw):
+    key, _ = gw.create_key()
+    with connect(gw) as idle, connect(gw) as half:
+        idle.sendall(request_bytes(key, CHAT))
+        assert read_response(idle, bytearray())[0] == 200
+        half.sendall(f"POST {PATH} HTTP/1.1\r\nhost: t\r\nauthor".encode())  # never ends
+        gw.server.idle_timeout = 0.2
+        time.sleep(0.4)
+        gw.call_in_loop(gw.server.sweep_idle)
+        assert is_closed(idle) and is_closed(half)
+    gw.server.idle_timeout = 3600.0
+    gw.call_in_loop(gw.server.sweep_idle)  # back to a slow sweep
+    with connect(gw) as fresh:  # the server itself still serves
+        fresh.sendall(request_bytes(key, CHAT))
+        assert read_response(fresh, bytearray())[0] == 200

@@ -256,6 +256,13 @@ class MeHandler(DataPlaneHandler):
         self.finish(orjson.dumps(self.gateway.key_report(record)))
 
 
+def key_api_handlers(prefix: str, gateway: VKeysGateway) -> list[tuple]:
+    """Routes of ``/api`` that take no admin credential: health and ``/api/me``."""
+    api = prefix + "/api"
+    return [(api + r"/health", HealthHandler, {"gateway": gateway}),
+            (api + r"/me", MeHandler, {"gateway": gateway, "dialect": "openai"})]
+
+
 def admin_handlers(prefix: str, gateway: VKeysGateway, auth_base: type = TokenAdminAuth,
                    decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
     """Admin routes whose handlers combine the mixins with ``auth_base``; ``decorate``
@@ -270,8 +277,6 @@ def admin_handlers(prefix: str, gateway: VKeysGateway, auth_base: type = TokenAd
     api = prefix + "/api"
     init = {"gateway": gateway}
     return [
-        (api + r"/health", HealthHandler, init),
-        (api + r"/me", MeHandler, {"gateway": gateway, "dialect": "openai"}),
         (api + r"/keys", make(KeysMixin), init),
         (api + r"/keys/([^/]+)", make(KeyMixin), init),
         (api + r"/keys/([^/]+)/(revoke|rotate)", make(KeyActionMixin), init),

@@ -12,7 +12,7 @@ from typing import Callable
 
 import tornado.web
 
-from .admin import TokenAdminAuth, admin_handlers
+from .admin import TokenAdminAuth, admin_handlers, key_api_handlers
 from .core import VKeysGateway
 from .dataplane import ModelsHandler, ProxyHandler
 
@@ -31,10 +31,9 @@ def proxy_routes(gateway: VKeysGateway, base_url: str = "") -> dict[str, tuple[s
     return routes
 
 
-def gateway_handlers(gateway: VKeysGateway, *, base_url: str = "",
-                     admin_auth: type = TokenAdminAuth,
-                     admin_decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
-    """All data-plane and admin routes under ``base_url + gateway.prefix``."""
+def key_handlers(gateway: VKeysGateway, base_url: str = "") -> list[tuple]:
+    """Every route a virtual key opens (data plane, models, ``/api/me``, health): what a
+    kernel needs, and no admin route."""
     prefix = base_url.rstrip("/") + "/" + gateway.prefix.strip("/")
     routes: list[tuple] = [
         (path, ProxyHandler, {"gateway": gateway, "operation": operation, "dialect": dialect})
@@ -43,10 +42,20 @@ def gateway_handlers(gateway: VKeysGateway, *, base_url: str = "",
                    {"gateway": gateway, "dialect": "openai"}))
     routes.append((f"{prefix}/anthropic/v1/models", ModelsHandler,
                    {"gateway": gateway, "dialect": "anthropic"}))
-    routes += admin_handlers(prefix, gateway, admin_auth, admin_decorate)
-    return routes
+    return routes + key_api_handlers(prefix, gateway)
 
 
-def make_app(gateway: VKeysGateway) -> tornado.web.Application:
-    """A standalone tornado application serving one started gateway."""
-    return tornado.web.Application(gateway_handlers(gateway), compress_response=False)
+def gateway_handlers(gateway: VKeysGateway, *, base_url: str = "",
+                     admin_auth: type = TokenAdminAuth,
+                     admin_decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
+    """All data-plane and admin routes under ``base_url + gateway.prefix``."""
+    prefix = base_url.rstrip("/") + "/" + gateway.prefix.strip("/")
+    return key_handlers(gateway, base_url) + admin_handlers(prefix, gateway, admin_auth,
+                                                            admin_decorate)
+
+
+def make_app(gateway: VKeysGateway, *, admin: bool = True) -> tornado.web.Application:
+    """A standalone tornado application serving one started gateway (``admin=False``:
+    only the routes a virtual key opens)."""
+    routes = gateway_handlers(gateway) if admin else key_handlers(gateway)
+    return tornado.web.Application(routes, compress_response=False)

@@ -43,11 +43,12 @@ class TornadoExchange(Exchange):
     """:class:`Exchange` over a tornado ``RequestHandler`` (created per call by
     :meth:`ProxyHandler.post`)."""
 
-    __slots__ = ("handler", "body")
+    __slots__ = ("handler", "body", "_started")
 
     def __init__(self, handler: tornado.web.RequestHandler) -> None:
         self.handler = handler
         self.body = handler.request.body
+        self._started = False
 
     def header(self, name: str) -> str | None:
         return self.handler.request.headers.get(name)
@@ -61,7 +62,9 @@ class TornadoExchange(Exchange):
 
     def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
         handler = self.handler
-        handler.clear()
+        if self._started:  # an error replacing a response that never went out
+            handler.clear()
+        self._started = True
         handler.set_status(status)
         for name, value in headers:
             handler.set_header(name, value)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import socket
 import time
 from collections import deque
 from typing import Callable, Iterable
@@ -86,30 +87,73 @@ class _Request:
         self.refusal = refusal
 
 
+def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket (``port`` 0 picks a free one).
+
+    Called by whoever starts a server: the CLI's ``serve`` (for either front) and the
+    Jupyter extension's loopback front for kernels."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class LeanServer:
     """Serves one started gateway: its data-plane routes directly, the rest via tornado.
 
-    Created by the CLI's ``serve`` after :meth:`VKeysGateway.start`;
-    :meth:`listen` starts accepting, :meth:`close` stops.
+    Created after :meth:`VKeysGateway.start` by the CLI's ``serve`` (with every route)
+    and by the Jupyter extension (a loopback front for kernels, without the admin
+    API); :meth:`listen` starts accepting, :meth:`close` stops. Connections idle for
+    ``idle_timeout`` seconds (including ones that never finish sending a request)
+    are closed.
     """
 
     def __init__(self, gateway: VKeysGateway, app: tornado.web.Application,
-                 proxy_routes: dict[str, tuple[str, str]]) -> None:
+                 proxy_routes: dict[str, tuple[str, str]], *,
+                 idle_timeout: float = 3600.0) -> None:
         self.gateway = gateway
         self.app = app
         self.proxy_routes = proxy_routes
+        self.idle_timeout = idle_timeout
         self.dialect_of = {path.rsplit("/v1/", 1)[0]: dialect
                            for path, (_, dialect) in proxy_routes.items()}
         self.connections: set[_Connection] = set()
         self.server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
-    async def listen(self, sock) -> None:
-        """Accept connections on the bound, listening socket ``sock``."""
+    async def listen(self, sock: socket.socket) -> int:
+        """Accept connections on the bound, listening socket ``sock``; returns its port."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        self._sweeper = loop.call_later(self._sweep_every(), self.sweep_idle)
+        return sock.getsockname()[1]
+
+    def _sweep_every(self) -> float:
+        return min(max(self.idle_timeout / 4, 0.05), 30.0)
+
+    def sweep_idle(self) -> None:
+        """Close connections idle longer than ``idle_timeout``. Runs on its own every
+        ``idle_timeout / 4`` seconds (at most 30): one timer for all connections rather
+        than one per request."""
+        limit = time.monotonic() - self.idle_timeout
+        for conn in list(self.connections):
+            if not conn.busy and conn.last_active < limit:
+                conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(),
+                                                              self.sweep_idle)
 
     def close(self) -> None:
         """Stop accepting and close every connection (in-flight calls are cancelled)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):
@@ -146,6 +190,7 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._keep_alive = True
         self._refused = False
+        self.last_active = time.monotonic()
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,6 +200,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.last_active = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -276,6 +322,7 @@ class _Connection(asyncio.Protocol):
         self.task = None
         self.on_close = None
         self.busy = False
+        self.last_active = time.monotonic()
         if not keep_alive or self.transport.is_closing():
             self.closing = True
             self.transport.close()

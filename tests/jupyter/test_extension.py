@@ -79,6 +79,10 @@ def test_session_kernel_uses_injected_key_with_attribution(
     kernel_id, result, username = jp_asyncio_loop.run_until_complete(scenario())
     assert result["openai_tokens"] == 5 and result["anthropic_tokens"] == 4
     assert result["key"].startswith("vk-") and not result["env_has_real_key"]
+    # Kernels reach the gateway on its loopback lean front, not through the server's port.
+    assert started.kernel_front is not None
+    assert result["base_url"] == started.broker.url + "/openai/v1"
+    assert result["base_url"].startswith("http://127.0.0.1:")
     assert result["base_url"].endswith("/vkeys/openai/v1") and result["me_project"] == "churn"
     assert result["me_state"] == "active"
     events = [e for e in gateway.sink.events if e["status"] == "ok"]
@@ -218,3 +222,30 @@ def test_quickstart_notebook_runs_with_nbclient(started, jp_root_dir, jp_asyncio
     assert len(events) == 2
     assert all(e["project"] == "reporting" and e["notebook_path"] == "reports/quickstart.ipynb"
                for e in events)
+
+
+def test_kernel_front_opens_no_admin_route_and_can_be_turned_off(
+        started, jp_serverapp, jp_asyncio_loop):
+    import urllib.error
+    import urllib.request
+
+    def status(url: str) -> int:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    async def scenario():
+        loop = jp_asyncio_loop
+        base = started.broker.url
+        health = await loop.run_in_executor(None, status, base + "/api/health")
+        keys = await loop.run_in_executor(None, status, base + "/api/keys")
+        started.kernel_port = -1  # off: kernels would use the server's own routes
+        fallback = await started._kernel_url(jp_serverapp)
+        return health, keys, fallback
+
+    health, keys, fallback = jp_asyncio_loop.run_until_complete(scenario())
+    assert health == 200
+    assert keys == 404  # the admin API lives only behind Jupyter's authentication
+    assert fallback == jp_serverapp.connection_url.rstrip("/") + "/vkeys"

@@ -2,9 +2,13 @@
 
 Key A has ``rpm=600`` and is driven past it; key B has no rate limit and is
 measured with ``wrk -c1`` (sequential calls). Three phases, interleaved and
-repeated: B alone; B while A sends twice its RPM (20 req/s, paced); B while A
-floods (4 connections, no pacing: mostly 429s, which costs CPU in the same
-process). Prints B's added latency (over the direct upstream) in each phase.
+repeated: B alone; B while A sends twice its RPM (20 req/s, paced) after a
+one-second burst has used up A's minute, so A's calls are really refused (at 2x
+from a standing start, a one-minute window would only fill after 30 s); B while
+A floods (4 connections retrying at once: all 429s, which cost CPU in the same
+process; the gateway paces such repeat refusals, see
+``jupyter_vkeys/gateway/pacing.py``, and ``rate_refusal_delay=0`` turns that
+off). Prints B's added latency (over the direct upstream) in each phase.
 
     python benchmarks/isolation.py [--seconds 8] [--repeat 3]
 
@@ -60,6 +64,7 @@ def main() -> int:
             for name, cmd in (
                     ("A at 2x RPM", ["-c2", "-s", paced_lua(headers_a, 100)]),
                     ("A flooding", ["-c4", "-s", _lua(CHAT, headers_a)])):
+                wrk(url, headers_a, CHAT, 4, 1)  # use up A's minute
                 load = subprocess.Popen(["wrk", "-t1", *cmd, f"-d{args.seconds + 2}s", url],
                                         stdout=subprocess.PIPE, text=True)
                 phases[name].append(wrk(url, headers_b, CHAT, 1, args.seconds)["p50"])

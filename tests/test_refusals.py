@@ -276,3 +276,30 @@ def test_real_keys_never_leak(relay_gateway, caplog, fake_upstream):
         assert secret not in everything
     assert gw.gateway.provider_configs["openai"].api_key == REAL_OPENAI_KEY
     assert REAL_OPENAI_KEY not in repr(gw.gateway.provider_configs)
+
+
+@pytest.mark.parametrize("max_delay", [1.0, 0.0])
+def test_repeated_rate_refusals_are_paced(make_gateway, max_delay):
+    """A client hammering a 429 without waiting gets its repeat refusals late (not never)."""
+    import time
+
+    gw = make_gateway(fake_mode="always", rate_refusal_delay=max_delay)
+    key, _ = gw.create_key(rpm=1)
+    url = gw.url + "/openai/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    body = json.dumps(CHAT).encode()
+    assert raw_post(url, body, headers)[0] == 200
+    took = []
+    for _ in range(3):
+        start = time.perf_counter()
+        status, reply_headers, reply = raw_post(url, body, headers)
+        took.append(time.perf_counter() - start)
+        assert status == 429 and "1 requests per minute" in reply["error"]["message"]
+        assert int(reply_headers["retry-after"]) >= 1
+    assert took[0] < 0.2  # the first refusal is answered at once
+    if max_delay:
+        assert all(0.9 <= t < 2.0 for t in took[1:]), took  # then held for the wait, capped
+    else:
+        assert all(t < 0.2 for t in took[1:]), took
+    refused = [e for e in gw.events if e["status"] == "refused_rate"]
+    assert len(refused) == 3  # every refusal is recorded, held or not

@@ -33,6 +33,7 @@ from ..providers.lean_http import LeanTransport
 from ..providers.transport import HttpTransport, Transport
 from ..registry import KeyRegistry
 from ..store import Store
+from .pacing import RefusalPacer
 
 log = logging.getLogger("jupyter_vkeys")
 
@@ -145,6 +146,11 @@ class VKeysGateway(LoggingConfigurable):
         "When a request sets no max_tokens and its worst case exceeds the remaining budget: "
         "True lowers max_tokens to what the budget affords; False refuses with 400.")).tag(
         config=True)
+    rate_refusal_delay = Float(1.0, help=(
+        "Longest time (s) a key's repeated rate refusal is held before it is answered: a "
+        "client retrying a 429 within a second, ignoring retry-after, waits for it (at least "
+        "0.25 s) instead of costing the gateway thousands of refusals a second. The first "
+        "refusal is never delayed. 0 answers every refusal at once.")).tag(config=True)
     cut_revoked_streams = Bool(False, help="Stop relaying a stream as soon as its key is "
                                            "revoked (otherwise in-flight calls finish).").tag(
         config=True)
@@ -183,6 +189,7 @@ class VKeysGateway(LoggingConfigurable):
         self.transports: dict[str, Transport] = {}
         self.fake: FakeTransport | None = None
         self.sink: EventSink = EventSink()
+        self.refusal_pacer = RefusalPacer(0.0)
         self.started_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -202,6 +209,7 @@ class VKeysGateway(LoggingConfigurable):
             self.policy.set_scope_policy(scope, parse_policy(saved))
         self.prices = PriceTable(self.price_overrides, self.fallback_price)
         self.forwarded_header_names = frozenset(h.lower() for h in self.forward_headers)
+        self.refusal_pacer = RefusalPacer(self.rate_refusal_delay)
         self.catalog = Catalog(self.models)
         self.provider_configs = load_providers(self.providers)
         for entry in self.catalog.named_models():  # warm the price cache off the hot path

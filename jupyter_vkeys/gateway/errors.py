@@ -33,12 +33,14 @@ class ApiError(Exception):
 
     ``status`` is the HTTP status, ``kind`` a key of the dialect table,
     ``code`` overrides the OpenAI code, ``event_status`` is what the warehouse
-    records (``refused_key``, ``refused_model``...).
+    records (``refused_key``, ``refused_model``...), ``retry_after`` the wait
+    a rate refusal tells the client (also in its headers).
     """
 
     def __init__(self, status: int, kind: str, message: str, *, code: str | None = None,
                  param: str | None = None, headers: dict[str, str] | None = None,
-                 event_status: str = "error", openai_type: str | None = None) -> None:
+                 event_status: str = "error", openai_type: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
@@ -48,6 +50,7 @@ class ApiError(Exception):
         self.headers = headers or {}
         self.event_status = event_status
         self.openai_type = openai_type
+        self.retry_after = retry_after  # seconds the client is told to wait, if any
 
     def body(self, dialect: str, request_id: str = "") -> bytes:
         """The JSON body in ``dialect`` (``openai`` or ``anthropic``)."""

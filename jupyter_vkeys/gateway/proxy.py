@@ -80,7 +80,7 @@ def refusal_error(refusal: Refusal) -> ApiError:
             "max_tokens": "max_tokens_required"}.get(refusal.kind)
     return ApiError(refusal.status, kind, refusal.message, headers=headers, code=code,
                     event_status=_REFUSAL_STATUS.get(refusal.kind, "error"),
-                    openai_type=openai_type)
+                    openai_type=openai_type, retry_after=refusal.retry_after)
 
 
 def upstream_error(exc: UpstreamError) -> ApiError:
@@ -155,6 +155,8 @@ class ProxyCall:
             call.status, call.http_status = error.event_status, error.status
             call.error_type, call.error_message = error.kind, error.message
             self._conclude()
+            if error.event_status == "refused_rate" and not await self._paced(error):
+                return
             error_response(self.exchange, error, self.dialect, call.request_id)
         except (asyncio.CancelledError, ClientGone):
             call.status, call.http_status = "cancelled", 499
@@ -169,6 +171,16 @@ class ProxyCall:
                 "was recorded"), self.dialect, call.request_id)
         finally:
             self._conclude()
+
+    async def _paced(self, error: ApiError) -> bool:
+        """Hold a repeated rate refusal (see :mod:`.pacing`); False if the client left."""
+        delay = self.gateway.refusal_pacer.delay(self.call.record.id, error.retry_after)
+        if delay:
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                return False
+        return True
 
     def _conclude(self) -> None:
         """Settle the call's holds and journal its event, exactly once, before the client

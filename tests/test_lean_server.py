@@ -160,6 +160,16 @@ def test_malformed_request_gets_400_and_the_connection_closes(gw):
         assert is_closed(sock)
 
 
+def test_oversized_headers_get_431_and_are_not_kept(gw):
+    with connect(gw) as sock:
+        filler = "".join(f"x-filler-{i}: {'y' * 1024}\r\n" for i in range(70))
+        sock.sendall(f"POST {PATH} HTTP/1.1\r\nhost: t\r\n{filler}".encode())  # no end
+        status, _, body = read_response(sock, bytearray())
+        assert status == 431
+        assert "limit of 65536 bytes" in json.loads(body)["error"]["message"]
+        assert is_closed(sock)
+
+
 def test_http10_stream_is_close_delimited(gw):
     key, _ = gw.create_key()
     with connect(gw) as sock:

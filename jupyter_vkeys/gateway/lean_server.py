@@ -42,6 +42,7 @@ from .proxy import ProxyCall
 log = logging.getLogger("jupyter_vkeys.gateway")
 
 _MAX_QUEUED = 16  # pipelined requests held before reading pauses
+_MAX_HEAD = 65536  # bytes of request line and headers accepted (tornado's default too)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES: dict[int, bytes] = {}
 
@@ -190,6 +191,7 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._keep_alive = True
         self._refused = False
+        self._head_size = 0
         self.last_active = time.monotonic()
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -236,15 +238,27 @@ class _Connection(asyncio.Protocol):
         self._items = []
         self._body = []
         self._size = 0
+        self._head_size = 0
         self._refused = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._items.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self._refused:
+            self._items.append((name.decode("latin-1"), value.decode("latin-1")))
+            self._count_head(len(name) + len(value))
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > _MAX_HEAD and not self._refused:
+            self._refuse_now(ApiError(431, "too_large", "request line and headers exceed the "
+                                      f"gateway's limit of {_MAX_HEAD} bytes"))
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         self._keep_alive = self.parser.should_keep_alive()
         expect = False
         for name, value in self._items:
@@ -286,6 +300,9 @@ class _Connection(asyncio.Protocol):
                                    f"the gateway's limit of {self.max_body} bytes")))
 
     def _refuse_now(self, error: ApiError) -> None:
+        """Answer ``error`` after any earlier requests, then close: the rest of what the
+        client sends is not read."""
+        self._refused = True
         self.closing = True
         self._enqueue(_Request("GET", "/", "1.1", [], b"", False, error))
 
@@ -299,6 +316,8 @@ class _Connection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Start answering the oldest waiting request."""
+        if not self.queue or self.transport.is_closing():
+            return
         request = self.queue.popleft()
         if self.reading_paused and not self.closing:
             self.reading_paused = False
@@ -326,8 +345,9 @@ class _Connection(asyncio.Protocol):
         if not keep_alive or self.transport.is_closing():
             self.closing = True
             self.transport.close()
-        elif self.queue:
-            self._next()
+        elif self.queue:  # a pipelined request: started after this call unwinds
+            self.busy = True
+            self.loop.call_soon(self._next)
 
     def abort(self) -> None:
         """Drop the connection at once (the client sees a cut response)."""
@@ -491,17 +511,21 @@ class _TornadoBridge(tornado.httputil.HTTPConnection):
             framing = b"connection: close\r\n" + framing
         pairs = [(name, value) for name, value in headers.get_all()
                  if name.lower() != "date"]
-        self.conn.transport.write(_head(status, pairs, framing) + self._frame(chunk))
+        self._send(_head(status, pairs, framing) + self._frame(chunk))
         return self._drained()
 
     def write(self, chunk: bytes) -> Future[None]:
-        self.conn.transport.write(self._frame(chunk))
+        self._send(self._frame(chunk))
         return self._drained()
 
     def finish(self) -> None:
         if self._chunked:
-            self.conn.transport.write(b"0\r\n\r\n")
+            self._send(b"0\r\n\r\n")
         self.conn.response_done(self._keep_alive)
+
+    def _send(self, data: bytes) -> None:
+        if data and not self.conn.transport.is_closing():  # a gone client: nothing to send
+            self.conn.transport.write(data)
 
     def _frame(self, chunk: bytes | None) -> bytes:
         if not chunk:

@@ -20,6 +20,15 @@ import orjson
 from ..usage import Usage, from_anthropic, from_openai
 
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
+_PARSE_MARKERS = (b'"finish_reason":"', *_USAGE_MARKERS)
+
+
+def _event_span(buffer: bytes, at: int) -> tuple[int, int]:
+    """``(start, end)`` of the SSE event holding offset ``at`` (end includes its blank
+    line)."""
+    start = buffer.rfind(b"\n\n", 0, at)
+    end = buffer.find(b"\n\n", at)
+    return (0 if start < 0 else start + 2), (len(buffer) if end < 0 else end + 2)
 
 
 def _split_events(buffer: bytes) -> tuple[bytes, bytes]:
@@ -110,33 +119,48 @@ class OpenAIStreamMeter(Meter):
         if self.operation == "responses":
             return self._responses(complete)
         self.deltas += complete.count(b'"delta":{"content"') + complete.count(b'"text":')
-        interesting = (b'"finish_reason":"' in complete or any(m in complete for m in
-                                                                _USAGE_MARKERS)
-                       or not self.response_model)
-        if not interesting:
+        spans = self._spans_to_parse(complete)
+        if not spans:
             return complete
-        kept = []
-        for event in complete.split(b"\n\n"):
-            if not event.strip():
+        dropped = []
+        for start, end in spans:
+            data = _data_of(complete[start:end])
+            if not isinstance(data, dict):
                 continue
-            if (self.response_model and b'"finish_reason":"' not in event
-                    and not any(m in event for m in _USAGE_MARKERS)):
-                kept.append(event)  # an ordinary content chunk: passed through unparsed
-                continue
-            data = _data_of(event)
-            if isinstance(data, dict):
-                if not self.response_model:
-                    self.response_model = str(data.get("model") or "")
-                usage = data.get("usage")
-                if isinstance(usage, dict):
-                    self.usage = from_openai(usage)
-                    if self.strip_usage and not data.get("choices"):
-                        continue
-                for choice in data.get("choices") or ():
-                    if isinstance(choice, dict) and choice.get("finish_reason"):
-                        self.finish_reason = str(choice["finish_reason"])
-            kept.append(event)
-        return b"\n\n".join(kept) + b"\n\n" if kept else b""
+            if not self.response_model:
+                self.response_model = str(data.get("model") or "")
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                self.usage = from_openai(usage)
+                if self.strip_usage and not data.get("choices"):
+                    dropped.append((start, end))
+            for choice in data.get("choices") or ():
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    self.finish_reason = str(choice["finish_reason"])
+        if not dropped:
+            return complete
+        kept, at = [], 0
+        for start, end in dropped:
+            kept.append(complete[at:start])
+            at = end
+        kept.append(complete[at:])
+        return b"".join(kept)
+
+    def _spans_to_parse(self, complete: bytes) -> list[tuple[int, int]]:
+        """``(start, end)`` of the events that can carry the model (the first, until it is
+        known), a finish reason or usage, in order; every other event passes unparsed."""
+        spans = []
+        if not self.response_model:
+            spans.append(_event_span(complete, 0))
+        for marker in _PARSE_MARKERS:
+            at = complete.find(marker)
+            while at >= 0:
+                span = _event_span(complete, at)
+                if span not in spans:
+                    spans.append(span)
+                at = complete.find(marker, span[1])
+        spans.sort()
+        return spans
 
     def _responses(self, complete: bytes) -> bytes:
         self.deltas += complete.count(b"response.output_text.delta")

@@ -5,7 +5,9 @@ upstream costs far less than the proxies measured in front of it:
 
 - ``POST /v1/chat/completions`` -> a fixed JSON completion, or with
   ``"stream": true`` 20 content chunks, a finish chunk, a usage chunk and
-  ``[DONE]`` (chunked transfer encoding);
+  ``[DONE]`` (chunked transfer encoding), all in one write, or one event per
+  millisecond, each stamped with its write time, when the body holds
+  ``"user": "bench-spaced"``;
 - ``GET /stats`` -> connections accepted (to check that proxies reuse them).
 
 Run: ``python benchmarks/fast_upstream.py --port 9200 [--tls]``.
@@ -19,6 +21,7 @@ import json
 import os
 import ssl
 import subprocess
+import time
 
 USAGE = {"prompt_tokens": 9, "completion_tokens": 20, "total_tokens": 29,
          "prompt_tokens_details": {"cached_tokens": 0},
@@ -50,6 +53,22 @@ JSON_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-leng
              + str(len(COMPLETION)).encode() + b"\r\n\r\n")
 
 STATS = {"connections": 0, "requests": 0}
+# A streaming request whose body holds this marker (the OpenAI ``user`` field, which
+# proxies pass through) gets its 21 content events one by one, SPACING_S apart, each
+# stamped with the time.monotonic() of its write ("bench_ts"): CLOCK_MONOTONIC is one
+# clock for every process, so a client measures each event's one-way delay exactly,
+# whatever the timers' granularity.
+SPACED = b"bench-spaced"
+SPACING_S = 0.001
+
+
+def _stamped(index: int) -> bytes:
+    delta = {"role": "assistant", "content": ""} if index == 0 else {"content": f" w{index}"}
+    body = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
+            "model": "gpt-4o-mini", "bench_ts": time.monotonic(),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    data = b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 class Upstream(asyncio.Protocol):
@@ -86,9 +105,22 @@ class Upstream(asyncio.Protocol):
                                  b"content-length: %d\r\n\r\n%s" % (len(data), data))
         elif b'"stream":true' in body or b'"stream": true' in body:
             usage = STREAM_USAGE if b"include_usage" in body else b""
+            if SPACED in body:  # one event per write, SPACING_S apart, like a model
+                self.transport.write(STREAM_HEAD + _stamped(0))
+                loop = asyncio.get_running_loop()
+                for i in range(1, 21):
+                    loop.call_later(i * SPACING_S, self._send_if_open, i)
+                tail = _chunk({}, "stop") + usage + STREAM_DONE
+                loop.call_later(21 * SPACING_S, self._send_if_open, tail)
+                return
             self.transport.write(STREAM_HEAD + b"".join(STREAM_PARTS) + usage + STREAM_DONE)
         else:
             self.transport.write(JSON_HEAD + COMPLETION)
+
+
+    def _send_if_open(self, part: int | bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(_stamped(part) if isinstance(part, int) else part)
 
 
 def self_signed(directory: str) -> tuple[str, str]:

@@ -7,7 +7,9 @@ behind tornado's HTTP server (``--server tornado``, the data plane as it runs
 inside a Jupyter server; column ``vkeys-tornado``), and optionally LiteLLM's
 proxy from a separate virtual environment. Load comes from ``wrk``
 (Debian package) for non-streaming calls and from an aiohttp client for
-streaming time-to-first-byte. Prints a table of absolute figures and ratios and
+streaming time-to-first-byte and total (the upstream's 23 events in one write), and
+the one-way delay of each event when the upstream writes them 1 ms apart (each
+stamped with its write time, so each is relayed, and measured, on its own). Prints a table of absolute figures and ratios and
 writes it as JSON.
 
     python benchmarks/run.py                 # about 5 minutes
@@ -137,6 +139,33 @@ async def stream_times(url: str, headers: dict[str, str], n: int) -> dict[str, f
                 ttfb.append((first - start) * 1000)
                 total.append((end - start) * 1000)
     return {"ttfb": statistics.median(ttfb), "total": statistics.median(total)}
+
+
+_STAMP = re.compile(rb'"bench_ts":([0-9.]+)')
+
+
+async def event_delays(url: str, headers: dict[str, str], n: int) -> dict[str, float]:
+    """Sequential streams of 21 events written 1 ms apart, each stamped by the upstream
+    with its write time: the one-way delay of every event from the upstream's write to
+    the client's read (ms), median and p99 over all events."""
+    import aiohttp
+
+    body = json.dumps({**CHAT, "stream": True, "user": "bench-spaced"}).encode()
+    delays: list[float] = []
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        for i in range(n + 5):
+            async with session.post(url, data=body, headers={
+                    "content-type": "application/json", **headers}) as resp:
+                assert resp.status == 200, resp.status
+                pending = b""
+                async for chunk in resp.content.iter_any():
+                    now = time.monotonic()
+                    complete, _, pending = (pending + chunk).rpartition(b"\n\n")
+                    if i >= 5:  # warm-up skipped; only whole events are read
+                        delays += [(now - float(ts)) * 1000 for ts in _STAMP.findall(complete)]
+    delays.sort()
+    return {"median": statistics.median(delays), "p99": delays[int(len(delays) * 0.99)],
+            "events": len(delays)}
 
 
 def admin(url: str, token: str, method: str, path: str, body=None):
@@ -286,10 +315,17 @@ def main() -> int:
         for name in ("direct", "baseline", "vkeys", "vkeys-tornado"):
             url, headers = contenders[name]
             stream[name] = asyncio.run(stream_times(url, headers, n_stream))
+        # Events relayed one by one: 21 events 1 ms apart, one-way delay of each
+        spaced = {}
+        for name in ("direct", "baseline", "vkeys", "vkeys-tornado"):
+            url, headers = contenders[name]
+            spaced[name] = asyncio.run(event_delays(url, headers, 60 if args.quick else 150))
         for name in ("baseline", "vkeys", "vkeys-tornado"):
             table[name]["stream_added_ttfb_ms"] = stream[name]["ttfb"] - stream["direct"]["ttfb"]
             table[name]["stream_added_total_ms"] = (stream[name]["total"]
                                                     - stream["direct"]["total"])
+            table[name]["event_added_p50_ms"] = spaced[name]["median"] - spaced["direct"]["median"]
+            table[name]["event_added_p99_ms"] = spaced[name]["p99"] - spaced["direct"]["p99"]
 
         # TLS upstream: latency and connection reuse
         trust_self_signed = ssl.create_default_context(cafile=cert)
@@ -355,6 +391,8 @@ def report(results: dict) -> None:
                          ("cpu_us_per_req_c64", "CPU us/request at c64"),
                          ("stream_added_ttfb_ms", "stream added TTFB (ms)"),
                          ("stream_added_total_ms", "stream added total (ms)"),
+                         ("event_added_p50_ms", "per-event added p50 (ms)"),
+                         ("event_added_p99_ms", "per-event added p99 (ms)"),
                          ("errors", "non-2xx responses")):
         cells = []
         for n in names:
@@ -370,6 +408,9 @@ def report(results: dict) -> None:
     print(f"  throughput c64      {v['rps_c64'] / b['rps_c64']:.2f}x  (target >= 1.0)")
     print(f"  stream added TTFB   {v['stream_added_ttfb_ms']:.3f} ms, total "
           f"{v['stream_added_total_ms']:.3f} ms  (target each <= 0.6 ms)")
+    print(f"  events 1 ms apart   each delayed {v['event_added_p50_ms']:.3f} ms more than direct "
+          f"(p99 {v['event_added_p99_ms']:.3f}); baseline {b['event_added_p50_ms']:.3f} "
+          f"(p99 {b['event_added_p99_ms']:.3f})")
     if "vkeys-tornado" in t:
         vt = t["vkeys-tornado"]
         print(f"  tornado front       (as inside Jupyter) added p50 "

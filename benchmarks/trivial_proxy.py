@@ -35,6 +35,7 @@ class Proxy(tornado.web.RequestHandler):
                                 headers={"content-type": "application/json",
                                          "authorization": "Bearer sk-baseline"}) as resp:
             self.set_status(resp.status)
+            self.request.connection.stream.set_nodelay(True)  # stream events as they come
             for name, value in resp.headers.items():
                 if name.lower() not in HOP:
                     self.set_header(name, value)

@@ -70,9 +70,17 @@ class TornadoExchange(Exchange):
             handler.set_header(name, value)
 
     async def write(self, data: bytes) -> None:
-        self.handler.write(data)
+        handler = self.handler
+        if not handler._headers_written:
+            # tornado leaves Nagle's algorithm on for server connections: small stream
+            # events would wait for the client's delayed ACK (measured: a 23 ms stream of
+            # 1 ms-spaced events arrived in two reads, the second at the very end).
+            stream = getattr(handler.request.connection, "stream", None)
+            if stream is not None:
+                stream.set_nodelay(True)
+        handler.write(data)
         try:
-            await self.handler.flush()
+            await handler.flush()
         except tornado.iostream.StreamClosedError:
             raise ClientGone() from None
 

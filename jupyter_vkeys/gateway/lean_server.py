@@ -304,7 +304,8 @@ class _Connection(asyncio.Protocol):
         client sends is not read."""
         self._refused = True
         self.closing = True
-        self._enqueue(_Request("GET", "/", "1.1", [], b"", False, error))
+        url = self._url.decode("latin-1") or "/"  # as much as was read: picks the dialect
+        self._enqueue(_Request("GET", url, "1.1", [], b"", False, error))
 
     def _enqueue(self, request: _Request) -> None:
         self.queue.append(request)

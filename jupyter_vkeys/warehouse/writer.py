@@ -126,8 +126,20 @@ def main(argv: list[str] | None = None) -> int:
         convert_pending(args.root)
         json.dump(spend_by_path(args.root, json.loads(args.windows)), sys.stdout)
         return 0
+    _yield_cpu()
     run(args.root, args.parent, args.retention_days, args.poll)
     return 0
+
+
+def _yield_cpu() -> None:
+    """Run conversion at a lower CPU priority (nice +10): it is background work whose input
+    is already durable in the journal, so under contention the gateway's calls go first
+    and conversion catches up when load drops. (The ``--once`` rebuild at start-up keeps
+    normal priority: the gateway waits for it.)"""
+    try:
+        os.nice(10)
+    except (AttributeError, OSError):  # not on this platform, or not permitted
+        pass
 
 
 if __name__ == "__main__":

@@ -97,10 +97,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    if isinstance(server, LeanServer):
-        server.close()
-    else:
-        server.stop()
+    server.stop()
     await gateway.stop()
     try:
         runtime.unlink()

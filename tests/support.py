@@ -102,10 +102,7 @@ class RunningGateway:
         self._stopped = True
 
         async def shutdown() -> None:
-            if isinstance(self.server, LeanServer):
-                self.server.close()
-            else:
-                self.server.stop()
+            self.server.stop()
             await self.gateway.stop()
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)

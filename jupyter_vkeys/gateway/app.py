@@ -21,9 +21,14 @@ OPENAI_OPERATIONS = {"chat/completions": "chat.completions", "completions": "com
 ANTHROPIC_OPERATIONS = {"messages": "messages", "messages/count_tokens": "messages.count_tokens"}
 
 
+def route_prefix(gateway: VKeysGateway, base_url: str = "") -> str:
+    """``base_url`` + the gateway's prefix, without a trailing slash: every route starts so."""
+    return base_url.rstrip("/") + "/" + gateway.prefix.strip("/")
+
+
 def proxy_routes(gateway: VKeysGateway, base_url: str = "") -> dict[str, tuple[str, str]]:
     """``{path: (operation, dialect)}`` of every data-plane POST route."""
-    prefix = base_url.rstrip("/") + "/" + gateway.prefix.strip("/")
+    prefix = route_prefix(gateway, base_url)
     routes = {f"{prefix}/openai/v1/{path}": (operation, "openai")
               for path, operation in OPENAI_OPERATIONS.items()}
     routes.update({f"{prefix}/anthropic/v1/{path}": (operation, "anthropic")
@@ -34,7 +39,7 @@ def proxy_routes(gateway: VKeysGateway, base_url: str = "") -> dict[str, tuple[s
 def key_handlers(gateway: VKeysGateway, base_url: str = "") -> list[tuple]:
     """Every route a virtual key opens (data plane, models, ``/api/me``, health): what a
     kernel needs, and no admin route."""
-    prefix = base_url.rstrip("/") + "/" + gateway.prefix.strip("/")
+    prefix = route_prefix(gateway, base_url)
     routes: list[tuple] = [
         (path, ProxyHandler, {"gateway": gateway, "operation": operation, "dialect": dialect})
         for path, (operation, dialect) in proxy_routes(gateway, base_url).items()]
@@ -49,9 +54,8 @@ def gateway_handlers(gateway: VKeysGateway, *, base_url: str = "",
                      admin_auth: type = TokenAdminAuth,
                      admin_decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
     """All data-plane and admin routes under ``base_url + gateway.prefix``."""
-    prefix = base_url.rstrip("/") + "/" + gateway.prefix.strip("/")
-    return key_handlers(gateway, base_url) + admin_handlers(prefix, gateway, admin_auth,
-                                                            admin_decorate)
+    return key_handlers(gateway, base_url) + admin_handlers(
+        route_prefix(gateway, base_url), gateway, admin_auth, admin_decorate)
 
 
 def make_app(gateway: VKeysGateway, *, admin: bool = True) -> tornado.web.Application:

@@ -110,7 +110,7 @@ class LeanServer:
 
     Created after :meth:`VKeysGateway.start` by the CLI's ``serve`` (with every route)
     and by the Jupyter extension (a loopback front for kernels, without the admin
-    API); :meth:`listen` starts accepting, :meth:`close` stops. Connections idle for
+    API); :meth:`listen` starts accepting, :meth:`stop` stops. Connections idle for
     ``idle_timeout`` seconds (including ones that never finish sending a request)
     are closed.
     """
@@ -151,8 +151,9 @@ class LeanServer:
         self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(),
                                                               self.sweep_idle)
 
-    def close(self) -> None:
-        """Stop accepting and close every connection (in-flight calls are cancelled)."""
+    def stop(self) -> None:
+        """Stop accepting and close every connection (in-flight calls are cancelled), like
+        tornado's ``HTTPServer.stop`` plus the connections."""
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.server is not None:

@@ -4,9 +4,10 @@ Auto-enabled on install (``jupyter-config/jupyter_server_config.d/jupyter_vkeys.
 It mounts the gateway under ``{base_url}vkeys/``: the data plane as plain
 tornado handlers that accept only virtual keys, the admin API behind Jupyter's
 own authentication. Kernels reach the same gateway through a loopback-only
-lean front (``kernel_port``), which is faster than tornado's handlers. It starts the gateway (store, warehouse, budgets) in the
-async start hook, gives the kernel provisioner a :class:`KernelKeyBroker`, and
-closes everything in ``stop_extension``.
+lean front (``kernel_port``), which is faster than tornado's handlers. It
+starts the gateway (store, warehouse, budgets) in the async start hook, gives
+the kernel provisioner a :class:`KernelKeyBroker`, and closes everything in
+``stop_extension``.
 
 Configuration: ``c.VKeysApp.*`` for the Jupyter side (below) and
 ``c.VKeysGateway.*`` for the gateway (providers, catalog, warehouse...).
@@ -20,7 +21,7 @@ import logging
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Int, List, Unicode
 
-from ..gateway.app import gateway_handlers, make_app, proxy_routes
+from ..gateway.app import gateway_handlers, make_app, proxy_routes, route_prefix
 from ..gateway.core import VKeysGateway
 from ..gateway.lean_server import LeanServer, listening_socket
 from .auth import JupyterAdminAuth, jupyter_admin_method
@@ -117,7 +118,7 @@ class VKeysApp(ExtensionApp):
     async def _kernel_url(self, serverapp) -> str:
         """Where kernels reach the gateway: the loopback front (started here) unless it is
         turned off or its port is taken, else this server's own routes."""
-        own = serverapp.connection_url.rstrip("/") + "/" + self.gateway.prefix.strip("/")
+        own = route_prefix(self.gateway, serverapp.connection_url)
         if self.kernel_port < 0:
             return own
         try:
@@ -129,7 +130,7 @@ class VKeysApp(ExtensionApp):
         self.kernel_front = LeanServer(self.gateway, make_app(self.gateway, admin=False),
                                        proxy_routes(self.gateway))
         port = await self.kernel_front.listen(sock)
-        return f"http://127.0.0.1:{port}/{self.gateway.prefix.strip('/')}"
+        return route_prefix(self.gateway, f"http://127.0.0.1:{port}")
 
     async def _on_contents_event(self, logger, schema_id, data) -> None:
         if data.get("action") == "rename" and getattr(self, "broker", None) is not None:
@@ -139,7 +140,7 @@ class VKeysApp(ExtensionApp):
         """Called by jupyter_server at shutdown: close the gateway cleanly."""
         set_active(None)
         if self.kernel_front is not None:
-            self.kernel_front.close()
+            self.kernel_front.stop()
         await self.gateway.stop()
 
 

@@ -7,13 +7,13 @@ behind tornado's HTTP server (``--server tornado``, the data plane as it runs
 inside a Jupyter server; column ``vkeys-tornado``), and optionally LiteLLM's
 proxy from a separate virtual environment. Load comes from ``wrk``
 (Debian package) for non-streaming calls and from an aiohttp client for
-streaming time-to-first-byte and total (the upstream's 23 events in one write), and
-the one-way delay of each event when the upstream writes them 1 ms apart (each
-stamped with its write time, so each is relayed, and measured, on its own). Prints a table of absolute figures and ratios and
-writes it as JSON.
+streaming: time to first byte and total (the upstream's 23 events in one
+write), and the one-way delay of each event when the upstream writes them 1 ms
+apart (each stamped with its write time, so each is relayed, and measured, on
+its own). Prints a table of absolute figures and ratios and writes it as JSON.
 
-    python benchmarks/run.py                 # about 5 minutes
-    python benchmarks/run.py --quick         # about 2 minutes, noisier
+    python benchmarks/run.py                 # about 7 minutes (9 with LiteLLM)
+    python benchmarks/run.py --quick         # about 3 minutes, noisier
     python benchmarks/run.py --litellm benchmarks/.litellm-venv
 
 Every figure is a median over interleaved repetitions, so slow drift of the

@@ -74,7 +74,12 @@ async def _serve(args: argparse.Namespace) -> int:
     # keep it out of the garbage collector's full scans, which otherwise show up in p99.
     gc.collect()
     gc.freeze()
-    sock = listening_socket(args.host, args.port)
+    try:
+        sock = listening_socket(args.host, args.port)
+    except OSError as exc:
+        await gateway.stop()
+        raise SystemExit(f"jupyter-vkeys: cannot listen on {args.host}:{args.port}: "
+                         f"{exc.strerror or exc} (pick another with --port, 0 for any)") from None
     if args.server == "lean":
         server = LeanServer(gateway, make_app(gateway), proxy_routes(gateway))
         await server.listen(sock)

@@ -237,3 +237,21 @@ def test_idle_and_half_sent_connections_are_closed(gw):
     with connect(gw) as fresh:  # the server itself still serves
         fresh.sendall(request_bytes(key, CHAT))
         assert read_response(fresh, bytearray())[0] == 200
+
+
+def test_serve_on_a_taken_port_says_so(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "jupyter_vkeys.cli", "serve", "--fake", "--port", str(port),
+             "--log-level", "ERROR"], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "VKEYS_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -177,6 +177,28 @@ class VKeysGateway(LoggingConfigurable):
     log_content = Bool(False, help="Store prompts (prompt_text) in the warehouse. Off by "
                                    "default: only a hash of the prompt is kept.").tag(config=True)
 
+    # -- the lean HTTP front's limits and deadlines (read by lean_server.LeanServer) -----
+    max_head_bytes = Int(65536, help=(
+        "Largest request line plus headers (bytes) the lean HTTP front reads; a longer head "
+        "is answered 431 as soon as its bytes pass the limit, however it is split into "
+        "packets (tornado's default limit too).")).tag(config=True)
+    max_url_bytes = Int(16384, help=(
+        "Longest request target (path and query, bytes) the lean HTTP front accepts; "
+        "longer ones are answered 414.")).tag(config=True)
+    head_timeout = Float(30.0, help=(
+        "Seconds a client may take to send a request's line and headers, from their first "
+        "byte (lean HTTP front); then 408 and the connection closes, so a slow trickle "
+        "cannot hold a connection.")).tag(config=True)
+    body_timeout = Float(300.0, help=(
+        "Seconds a client may take to send a request body, from the end of its headers "
+        "(lean HTTP front); then 408 and the connection closes.")).tag(config=True)
+    idle_timeout = Float(75.0, help=(
+        "Seconds a keep-alive connection may wait for its next request before the lean "
+        "HTTP front closes it (never while a response is being sent).")).tag(config=True)
+    max_connections = Int(10000, help=(
+        "Most client connections the lean HTTP front keeps open; one more is answered 503 "
+        "(retry-after: 1) and closed.")).tag(config=True)
+
     def __init__(self, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.clock = clock

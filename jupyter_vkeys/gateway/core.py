@@ -23,8 +23,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..keys import KeyRecord
-from ..policy import PolicyEngine, parse_policy
-from ..policy.spec import check_scope
+from ..policy import PolicyEngine, PolicyError, parse_policy
 from ..pricing import PriceTable
 from ..providers.catalog import DEFAULT_CATALOG, Catalog, ModelEntry
 from ..providers.config import DEFAULT_PROVIDERS, ProviderConfig, load_providers
@@ -32,6 +31,7 @@ from ..providers.fake import FakeTransport
 from ..providers.lean_http import LeanTransport
 from ..providers.transport import HttpTransport, Transport
 from ..registry import KeyRegistry
+from ..runtime import ControlPlane, DataDirLock, publish
 from ..store import Store
 from .pacing import RefusalPacer
 
@@ -213,6 +213,8 @@ class VKeysGateway(LoggingConfigurable):
         self.sink: EventSink = EventSink()
         self.refusal_pacer = RefusalPacer(0.0)
         self.started_at = 0.0
+        self.lock: DataDirLock | None = None
+        self.control = ControlPlane(self)
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -220,6 +222,18 @@ class VKeysGateway(LoggingConfigurable):
         resolve providers. Called once, on the serving loop, before requests arrive."""
         data = Path(self.data_dir)
         data.mkdir(parents=True, exist_ok=True)
+        # One owner per data directory: raises DataDirBusy (pid and URL of the holder)
+        # before anything in it is opened.
+        self.lock = DataDirLock(data)
+        self.lock.acquire()
+        try:
+            self._open(data)
+        except BaseException:
+            self._close_state()
+            raise
+
+    def _open(self, data: Path) -> None:
+        """Everything :meth:`start` opens once it holds the data directory's lock."""
         pepper = os.environ.get("VKEYS_PEPPER") or _secret_file(data / "pepper")
         self.store = Store(data / "registry.sqlite")
         self.registry = KeyRegistry(self.store, pepper.encode(), clock=self.clock)
@@ -228,7 +242,10 @@ class VKeysGateway(LoggingConfigurable):
         self.policy.parents = self.registry.get
         self.registry.on_change = self.policy.invalidate
         for scope, saved in self.store.load_policies().items():
-            self.policy.set_scope_policy(scope, parse_policy(saved))
+            try:
+                self.policy.set_scope_policy(scope, parse_policy(saved))
+            except PolicyError as exc:  # saved by an older version with laxer checks
+                log.error("jupyter-vkeys: ignoring the saved policy of %s: %s", scope, exc)
         self.prices = PriceTable(self.price_overrides, self.fallback_price)
         self.forwarded_header_names = frozenset(h.lower() for h in self.forward_headers)
         self.refusal_pacer = RefusalPacer(self.rate_refusal_delay)
@@ -297,12 +314,32 @@ class VKeysGateway(LoggingConfigurable):
                                 "answer 503", name, provider.credential_source)
 
     async def stop(self) -> None:
-        """Close upstream connections, the event sink and the store. Called at shutdown."""
-        for transport in set(self.transports.values()):
-            await transport.close()
-        self.sink.close()
-        if self.store is not None:
-            self.store.close()
+        """Close upstream connections, the event sink and the store, remove the published
+        address and release the data directory. Called at shutdown."""
+        try:
+            for transport in set(self.transports.values()):
+                await transport.close()
+        finally:
+            self._close_state()
+
+    def _close_state(self) -> None:
+        """Close the sink and the store, then let go of the data directory (idempotent)."""
+        try:
+            self.sink.close()
+            if self.store is not None:
+                self.store.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def publish(self, url: str, kind: str = "standalone", **extra: Any) -> None:
+        """Say where this gateway's admin API answers (``<data_dir>/gateway.json``), so the
+        CLI goes through it. Called once serving: by ``jupyter vkeys serve`` with its URL,
+        by the Jupyter extension with ``kind="jupyter"`` and the server's URL + prefix.
+        Removed again by :meth:`stop`."""
+        if self.lock is None or not self.lock.held:
+            raise RuntimeError("publish() needs a started gateway (it holds the data dir)")
+        publish(self.data_dir, url, kind, **extra)
 
     # -- lookups used by the handlers --------------------------------------------------
     def route(self, model: str) -> tuple[ModelEntry, ProviderConfig, Transport | None] | None:
@@ -330,38 +367,11 @@ class VKeysGateway(LoggingConfigurable):
             return env
         return _secret_file(Path(self.data_dir) / "admin_token")
 
-    # -- control plane helpers ---------------------------------------------------------
-    def set_scope_policy(self, scope: str, fields: dict[str, Any] | None, *, actor: str,
-                         replace: bool = True) -> dict[str, Any] | None:
-        """Validate, persist (with audit) and install a scope policy; returns the saved dict."""
-        check_scope(scope)
-        if scope.startswith("key:"):
-            raise ValueError("key policies are changed with PATCH /api/keys/{id}")
-        before = self.store.load_policies().get(scope)
-        if fields is None:
-            after = None
-        else:
-            base = None if replace or before is None else parse_policy(before)
-            after = parse_policy(fields, base=base).as_dict() or None
-        self.store.save_policy(scope, before, after, actor=actor)
-        self.policy.set_scope_policy(scope, parse_policy(after) if after else None)
-        return after
-
+    # -- control plane (kept for callers of the gateway; see runtime.ControlPlane) -----
     def scope_report(self, scope: str) -> dict[str, Any]:
-        """Policy, spend, holds and reset times of a scope (admin API, widgets)."""
-        check_scope(scope)
-        if scope.startswith("key:"):
-            record = self.registry.get(scope[4:])
-            policy = self.policy.key_policy(record) if record else parse_policy(None)
-        else:
-            policy = self.policy.scope_policies.get(scope) or parse_policy(None)
-        return self.policy.report(scope, policy)
+        """Policy, spend, holds and reset times of a scope (:meth:`ControlPlane.scope_report`)."""
+        return self.control.scope_report(scope)
 
     def key_report(self, record: KeyRecord) -> dict[str, Any]:
-        """A key's public record plus its limits and spend on every scope of its path."""
-        from ..store import public_view
-
-        view = public_view(record) or {}
-        view["state"] = record.state(self.clock())
-        view["limits"] = [self.scope_report(scope) for scope in self.policy.scope_path(record)]
-        return view
+        """A key's record, limits and spend (:meth:`ControlPlane.key_report`)."""
+        return self.control.key_report(record)

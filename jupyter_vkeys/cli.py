@@ -69,7 +69,11 @@ async def _serve(args: argparse.Namespace) -> int:
     from .gateway.lean_server import LeanServer, listening_socket
 
     gateway = build_gateway(args)
-    await gateway.start()
+    try:
+        await gateway.start()
+    except ValueError as exc:  # configuration the gateway refuses to run with
+        await gateway.stop()
+        raise SystemExit(f"jupyter-vkeys: cannot start: {exc}") from None
     # Everything loaded so far (modules, price data, keys) lives as long as the process:
     # keep it out of the garbage collector's full scans, which otherwise show up in p99.
     gc.collect()

@@ -32,6 +32,7 @@ from .core import VKeysGateway
 from .errors import ApiError
 from .exchange import ClientGone, Exchange
 from .metering import meter_for
+from .request_fields import choice_count, output_cap
 
 log = logging.getLogger("jupyter_vkeys.gateway")
 
@@ -42,10 +43,6 @@ _DROP_RESPONSE = frozenset({"connection", "keep-alive", "proxy-authenticate", "p
                             "content-encoding", "date", "server", "set-cookie"})
 _DROP_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "openai-organization", "openai-project")
 
-# Which request field caps output tokens, per operation.
-_MAX_FIELDS = {"chat.completions": ("max_completion_tokens", "max_tokens"),
-               "completions": ("max_tokens",), "responses": ("max_output_tokens",),
-               "messages": ("max_tokens",), "embeddings": (), "messages.count_tokens": ()}
 # The field the gateway writes when it clamps a request without one.
 _CLAMP_FIELD = {"chat.completions": "max_completion_tokens", "completions": "max_tokens",
                 "responses": "max_output_tokens", "messages": "max_tokens"}
@@ -191,8 +188,18 @@ class ProxyCall:
         call = self.call
         call.ended = time.time()
         if self._ticket is not None:
-            self._settle(call)
-        self.gateway.sink.emit(call.event())
+            try:
+                self._settle(call)
+            except Exception:  # a bug; the hold must still go, or the budget leaks
+                log.exception("jupyter-vkeys: settling %s failed; charged at its hold",
+                              call.request_id)
+                self.gateway.policy.settle(self._ticket, self._ticket.hold, 0)
+        try:
+            event = call.event()
+        except Exception:  # a bug: record what is certain rather than nothing
+            log.exception("jupyter-vkeys: building the event of %s failed", call.request_id)
+            event = call.minimal_event()
+        self.gateway.sink.emit(event)
 
     # -- the path of one call ----------------------------------------------------------
     async def _handle(self, call: Call) -> None:
@@ -238,15 +245,12 @@ class ProxyCall:
         tier = body.get("service_tier") if isinstance(body.get("service_tier"), str) else ""
         rates = gw.prices.rates(admission.model, provider.price_provider,
                                 tier if tier not in ("auto", "default") else "")
-        max_fields = _MAX_FIELDS.get(self.operation, ())
-        max_output = next((body[f] for f in max_fields if isinstance(body.get(f), int)
-                           and not isinstance(body.get(f), bool)), None)
-        if not max_fields:
-            max_output = 0
+        max_output = output_cap(self.operation, body)
+        choices = choice_count(self.operation, body)
         try:
             ticket = gw.policy.admit(admission, rates, input_bound=len(raw),
                                      input_estimate=len(raw) // 4, max_output=max_output,
-                                     model_max_output=entry.max_output_tokens)
+                                     model_max_output=entry.max_output_tokens, choices=choices)
         except Refusal as refusal:
             raise refusal_error(refusal) from None
         self._ticket, self._rates = ticket, rates
@@ -272,7 +276,10 @@ class ProxyCall:
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                           "include_usage": True}
                 strip_usage = changed = True
-        payload = orjson.dumps(body) if changed else raw
+        try:
+            payload = orjson.dumps(body) if changed else raw
+        except orjson.JSONEncodeError:
+            raise _too_deep() from None
         self._meter = meter_for(self.dialect, self.operation, stream, strip_usage)
         await self._relay(call, provider, transport, body, payload)
 
@@ -413,8 +420,17 @@ class ProxyCall:
             log.info("budget warning: %s", "; ".join(crossed))
 
 
+def _too_deep() -> ApiError:
+    return ApiError(400, "invalid_request", "request body nests JSON deeper than 255 levels; "
+                    "flatten it (no provider accepts such a request)")
+
+
 def _prompt_hash(body: dict) -> str:
-    """A short hash of the normalized prompt, for loop detection (never the text)."""
+    """A short hash of the normalized prompt, for loop detection (never the text).
+    Raises a 400 :class:`ApiError` for a prompt nested too deep to encode."""
     prompt = body.get("messages") or body.get("input") or body.get("prompt") or ""
-    return hashlib.blake2b(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS),
-                           digest_size=8).hexdigest()
+    try:
+        encoded = orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        raise _too_deep() from None
+    return hashlib.blake2b(encoded, digest_size=8).hexdigest()

@@ -14,6 +14,7 @@ import tornado.log
 import tornado.web
 
 from .admin import TokenAdminAuth, admin_handlers, key_api_handlers
+from .cell_api import cell_handlers
 from .core import VKeysGateway
 from .dataplane import ModelHandler, ModelsHandler, NotFoundHandler, ProxyHandler
 
@@ -38,8 +39,8 @@ def proxy_routes(gateway: VKeysGateway, base_url: str = "") -> dict[str, tuple[s
 
 
 def key_handlers(gateway: VKeysGateway, base_url: str = "") -> list[tuple]:
-    """Every route a virtual key opens (data plane, models, ``/api/me``, health): what a
-    kernel needs, and no admin route."""
+    """Every route a virtual key opens (data plane, models, ``/api/me``, ``/api/cells``,
+    ``/api/estimate``, health): what a kernel needs, and no admin route."""
     prefix = route_prefix(gateway, base_url)
     routes: list[tuple] = [
         (path, ProxyHandler, {"gateway": gateway, "operation": operation, "dialect": dialect})
@@ -52,7 +53,7 @@ def key_handlers(gateway: VKeysGateway, base_url: str = "") -> list[tuple]:
                    {"gateway": gateway, "dialect": "openai"}))
     routes.append((f"{prefix}/anthropic/v1/models/(.+)", ModelHandler,
                    {"gateway": gateway, "dialect": "anthropic"}))
-    return routes + key_api_handlers(prefix, gateway)
+    return routes + key_api_handlers(prefix, gateway) + cell_handlers(prefix, gateway)
 
 
 def fallback_handlers(gateway: VKeysGateway, base_url: str = "") -> list[tuple]:

@@ -33,6 +33,8 @@ from ..providers.transport import HttpTransport, Transport
 from ..registry import KeyRegistry
 from ..runtime import ControlPlane, DataDirLock, publish
 from ..store import Store
+from .cells import CellTracker
+from .dry_run import OutputHistory
 from .pacing import RefusalPacer
 
 log = logging.getLogger("jupyter_vkeys")
@@ -213,6 +215,8 @@ class VKeysGateway(LoggingConfigurable):
         self.sink: EventSink = EventSink()
         self.refusal_pacer = RefusalPacer(0.0)
         self.started_at = 0.0
+        self.cells = CellTracker()
+        self.output_history = OutputHistory()
         self.lock: DataDirLock | None = None
         self.control = ControlPlane(self)
 
@@ -284,6 +288,7 @@ class VKeysGateway(LoggingConfigurable):
             log.info("jupyter-vkeys: rebuilt budget counters from the warehouse "
                      "(%s spent in total)", f"${restored / 1e12:,.6f}")
         self.sink = sink
+        self.output_history = OutputHistory(sink.typical_output)
         self.store.on_audit = sink.audit
 
     def _open_transports(self) -> None:

@@ -32,6 +32,7 @@ from .core import VKeysGateway
 from .errors import ApiError
 from .exchange import ClientGone, Exchange
 from .metering import meter_for
+from .dry_run import estimate
 from .request_fields import choice_count, output_cap
 
 log = logging.getLogger("jupyter_vkeys.gateway")
@@ -130,7 +131,7 @@ class ProxyCall:
     """
 
     __slots__ = ("gateway", "exchange", "operation", "dialect", "call", "_ticket", "_meter",
-                 "_rates", "_concluded")
+                 "_rates", "_concluded", "_cell")
 
     def __init__(self, gateway: VKeysGateway, exchange: Exchange, operation: str,
                  dialect: str) -> None:
@@ -141,6 +142,7 @@ class ProxyCall:
         self.call = Call(operation, dialect, client=(exchange.header("user-agent") or "")[:200])
         self._ticket = self._meter = self._rates = None
         self._concluded = False
+        self._cell = None
 
     async def run(self) -> None:
         """Answer the call, in every outcome: relayed, refused, cut or failed."""
@@ -200,6 +202,10 @@ class ProxyCall:
             log.exception("jupyter-vkeys: building the event of %s failed", call.request_id)
             event = call.minimal_event()
         self.gateway.sink.emit(event)
+        if self._cell is not None:
+            self._cell.add(call)
+        if call.status == "ok" and call.usage is not None:
+            self.gateway.output_history.observe(call.request_model, call.usage.output)
 
     # -- the path of one call ----------------------------------------------------------
     async def _handle(self, call: Call) -> None:
@@ -225,6 +231,13 @@ class ProxyCall:
         call.request_model = model
         call.stream = stream = body.get("stream") is True
         call.prompt_hash = _prompt_hash(body)
+        cell = gw.cells.current(record.id)
+        if cell is not None:
+            self._cell = cell
+            call.cell_id, call.execution_count = cell.cell_id, cell.execution_count
+            if cell.dry_run:
+                await self._dry_run(call, cell, body, raw)
+                return
         try:
             admission = gw.policy.resolve(record, model)
         except Refusal as refusal:
@@ -282,6 +295,41 @@ class ProxyCall:
             raise _too_deep() from None
         self._meter = meter_for(self.dialect, self.operation, stream, strip_usage)
         await self._relay(call, provider, transport, body, payload)
+
+    async def _dry_run(self, call: Call, cell, body: dict, raw: bytes) -> None:
+        """A call inside a dry-run cell: priced as the real model would be, answered by
+        the offline fake, recorded as ``dry_run`` at no cost (no hold, no spend, no rate
+        use). The answer carries the figures in ``x-vkeys-dry-run-*`` headers."""
+        gw = self.gateway
+        figures = estimate(gw, call.record, self.operation, body, len(raw))
+        cell.add_estimate(figures)
+        routed = gw.route(figures.model)
+        call.provider = routed[1].name if routed else ""
+        call.status = "dry_run"
+        call.usage = Usage(input_uncached=figures.input_tokens)
+        call.dry_run_cost, call.dry_run_worst = figures.expected_pico, figures.worst_pico
+        call.tags["dry_run_verdict"] = figures.verdict or "allowed"
+        call.upstream_started = time.time()
+        answer = await gw.fake.send(UpstreamRequest("POST", "", {}, raw, parsed=body,
+                                                    operation=self.operation))
+        call.upstream_headers_at = time.time()
+        headers = {"content-type": answer.headers.get("content-type", "application/json"),
+                   "x-request-id": call.request_id, "x-vkeys-key-id": call.record.id,
+                   "x-vkeys-dry-run": "true",
+                   "x-vkeys-dry-run-verdict": (figures.verdict or "allowed")[:300]}
+        for name, pico in (("cost", figures.expected_pico), ("worst", figures.worst_pico)):
+            headers[f"x-vkeys-dry-run-{name}-usd"] = "unpriced" if pico is None \
+                else f"{pico / 1e12:.9f}"
+        call.http_status = answer.status
+        self.exchange.start(answer.status, list(headers.items()))
+        async for chunk in answer.chunks():
+            if call.first_byte is None:
+                call.first_byte = time.time()
+            call.response_bytes += len(chunk)
+            await self.exchange.write(chunk)
+        call.upstream_wait = call.upstream_headers_at - call.upstream_started
+        self._conclude()
+        self.exchange.finish(b"")
 
     async def _relay(self, call: Call, provider, transport, body: dict, payload: bytes) -> None:
         gw = self.gateway

@@ -57,7 +57,8 @@ def test_wheel_in_fresh_venv_auto_enables(tmp_path):
     port, token = _free_port(), "install-test-token"
     server = subprocess.Popen(
         [str(python), "-m", "jupyter_server", f"--port={port}", "--no-browser",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+         f"--IdentityProvider.token={token}",  # as-installed-ok: the token, as users pass it
+         f"--ServerApp.root_dir={tmp_path}",
          "--ServerApp.allow_unauthenticated_access=False", "--allow-root"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}/vkeys"

@@ -218,9 +218,18 @@ def test_quickstart_notebook_runs_with_nbclient(started, jp_root_dir, jp_asyncio
     client = NotebookClient(nb, kernel_name="python3", timeout=120,
                             resources={"metadata": {"path": str(folder)}})
     jp_asyncio_loop.run_until_complete(client.async_execute())
-    text = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
-    assert "output tokens: 8" in text and "output tokens: 6" in text
-    assert "project:reporting" in text and "vk-" in text
+    outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"], outputs
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "output tokens: 8" in text and "output tokens: 6" in text and "vk-" in text
+    # me() and %vkeys render as HTML (money kept away from MathJax) and as text.
+    rich = [o["data"] for o in outputs if "text/html" in o.get("data", {})]
+    assert len(rich) == 2, outputs
+    for data in rich:
+        assert "project:reporting" in data["text/plain"] and "reports/quickstart" in \
+            data["text/plain"]
+        assert data["text/html"].startswith("<div class='mathjax_ignore")
+        assert "project:reporting" in data["text/html"]
     events = [e for e in started.gateway.sink.events if e["status"] == "ok"]
     assert len(events) == 2
     assert all(e["project"] == "reporting" and e["notebook_path"] == "reports/quickstart.ipynb"

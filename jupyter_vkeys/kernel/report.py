@@ -20,7 +20,9 @@ FULL_COLOUR = "#c62828"
 
 def usd(value: float) -> str:
     """Money as people read it: cents for amounts of a dollar or more, else 4 decimals."""
-    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.4f}" if value == 0 or abs(value) >= 0.0001 else f"${value:.6f}"
 
 
 def resets(when: str | None, now: float | None = None) -> str:
@@ -70,6 +72,31 @@ def _heading(report: dict[str, Any]) -> tuple[str, str]:
     return title, where
 
 
+def _reset_cell(when: str | None, now: float | None) -> str:
+    """``resets in 30 days``, with the exact time as its tooltip."""
+    text = resets(when, now)
+    relative, _, stamp = text.partition(" (")
+    if not stamp:
+        return f"resets {html.escape(text)}"
+    return (f"<span class='vkeys-reset' title='{html.escape(stamp.rstrip(')'))}'>resets "
+            f"{html.escape(relative)}</span>")
+
+
+def _label(scope: str, report: dict[str, Any]) -> str:
+    """HTML label of a scope: what it is for a person, the scope name in grey."""
+    kind, _, name = scope.partition(":")
+    if scope == f"key:{report.get('id')}":
+        what = "this key"
+    elif scope == f"key:{report.get('parent_id')}":
+        what = "parent key"
+    else:
+        what = {"user": "user", "team": "team", "project": "project", "key": "key",
+                "global": "everyone"}.get(kind, kind)
+        what = f"{what} {name}" if name and kind != "key" else what
+    return (f"{html.escape(what)} <span style='opacity:.6;font-size:11px'>"
+            f"{html.escape(scope)}</span>")
+
+
 class UsageReport(dict):
     """This kernel's key, its limits on every scope above it, spend and reset times."""
 
@@ -104,7 +131,7 @@ class UsageReport(dict):
         colour = "#2e7d32" if state == "active" else FULL_COLOUR
         rows = []
         for scope in self.get("limits") or []:
-            name = esc(str(scope.get("scope", "")))
+            name = _label(str(scope.get("scope", "")), self)
             rates = esc(" · ".join(_rates(scope.get("policy") or {})))
             budgets = scope.get("budgets") or []
             if not budgets:
@@ -116,15 +143,15 @@ class UsageReport(dict):
                 rows.append(
                     f"<tr><td>{name}</td>"
                     f"<td>{esc(usd(b.get('usd') or 0))} / {esc(str(b.get('period')))}</td>"
-                    f"<td><div class='vkeys-bar' title='{share:.1%}' style='width:160px;"
+                    f"<td><div class='vkeys-bar' title='{share:.1%}' style='width:120px;"
                     f"height:10px;background:#e0e0e0;border-radius:5px;overflow:hidden'>"
                     f"<div style='width:{width:.1f}%;height:100%;background:{bar}'></div></div>"
                     f"</td><td>spent {esc(usd(b.get('spent_usd') or 0))} ({share:.0%}), left "
                     f"{esc(usd(b.get('remaining_usd') or 0))}</td>"
-                    f"<td>resets {esc(resets(b.get('resets_at'), now))}</td></tr>")
+                    f"<td>{_reset_cell(b.get('resets_at'), now)}</td></tr>")
                 if rates:
                     rows.append(f"<tr><td></td><td colspan='4'>{rates}</td></tr>")
-        cell = "padding:2px 8px;text-align:left"
+        cell = "padding:2px 8px;text-align:left;white-space:nowrap"
         table = (f"<table style='border-collapse:collapse'><tbody>{''.join(rows)}</tbody>"
                  f"</table>").replace("<td", f"<td style='{cell}'")
         return (f"<div class='mathjax_ignore vkeys-report' style='font-size:13px'>"

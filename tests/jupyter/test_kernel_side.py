@@ -33,7 +33,7 @@ def test_html_shows_each_cap_as_a_bar_with_its_reset_and_keeps_money_from_mathja
     bars = re.findall(r"width:([\d.]+)%;height:100%;background:(#\w+)", page)
     assert bars == [("85.0", "#ef6c00"), ("25.0", "#2e7d32")]
     assert "spent $0.2500 (25%), left $0.7500" in page and "$20.00 / month" in page
-    assert page.count("resets in") == 2 and "(2026-12-01 00:00 UTC)" in page
+    assert page.count("resets in") == 2 and "title='2026-12-01 00:00 UTC'" in page
     assert "rpm 60" in page and "a.ipynb" in page
     full = _report(spent=25.0)._repr_html_(now=NOW)
     assert "width:100.0%;height:100%;background:#c62828" in full

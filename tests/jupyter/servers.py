@@ -26,7 +26,8 @@ from typing import Any
 JUPYTER = str(Path(sys.executable).with_name("jupyter"))
 SCRUBBED = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL",
             "VKEYS_DATA_DIR", "VKEYS_ADMIN_TOKEN", "VKEYS_PEPPER", "JUPYTER_TOKEN",
-            "JUPYTER_DEFAULT_PROVISIONER_NAME", "JPY_SESSION_NAME")
+            "JUPYTER_DEFAULT_PROVISIONER_NAME",  # as-installed-ok: removed, never set
+            "JPY_SESSION_NAME")
 
 
 def free_port() -> int:
@@ -63,7 +64,8 @@ class JupyterProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = env or isolated_env(tmp_path)
         argv = [jupyter, command, f"--port={self.port}", "--ip=127.0.0.1", "--no-browser",
-                "--allow-root", f"--IdentityProvider.token={token}",
+                "--allow-root",
+                f"--IdentityProvider.token={token}",  # as-installed-ok: the token, as users pass it
                 f"--ServerApp.root_dir={self.root}",
                 f"--VKeysGateway.data_dir={self.data_dir}", "--VKeysGateway.fake_mode=always",
                 *args]

@@ -9,6 +9,7 @@ browser request do), and runs code in them over the kernel websocket.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 import time
@@ -135,9 +136,9 @@ def test_kernelspecs_with_own_provisioner_and_other_languages(tmp_path):
     assert other["ANTHROPIC_BASE_URL"].endswith("/vkeys/anthropic")
 
 
-def test_inject_kernel_keys_off_and_personal_user(tmp_path):
+def test_inject_kernel_keys_off_and_named_user(tmp_path):
     """``c.VKeysApp.inject_kernel_keys = False`` leaves kernels keyless (and still without
-    provider keys); ``c.VKeysApp.personal_user`` names the one user."""
+    provider keys); the VKeysApp option naming the personal user names it."""
     env = isolated_env(tmp_path, OPENAI_API_KEY="sk-REAL-SECRET-in-server-env")
     with JupyterProcess("server", tmp_path, "--VKeysApp.inject_kernel_keys=False",
                         "--VKeysApp.personal_user=ada",  # as-installed-ok: tests the option
@@ -164,3 +165,21 @@ def test_kernels_of_a_configured_default_provisioner_are_left_alone(tmp_path):
         log = server.log()
     assert "OPENAI_API_KEY" not in kernel_env
     assert "default kernel provisioner is configured as 'local-provisioner'" in log
+
+
+CONFIG_ONLY_TESTS_SET = re.compile(  # as-installed-ok: the pattern this check looks for
+    r"KernelProvisionerFactory|default_provisioner_name|JUPYTER_DEFAULT_PROVISIONER_NAME|"  # as-installed-ok: the pattern
+    r"identity_provider_class|IdentityProvider\.|personal_user")  # as-installed-ok: the pattern
+
+
+def test_no_test_configures_what_an_install_does_not():
+    """A line of a test that configures a provisioner or an identity provider proves nothing
+    about an install, unless it tests that very option and says so with a comment
+    ``# as-installed-ok: <why>``."""
+    flagged = []
+    for path in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if CONFIG_ONLY_TESTS_SET.search(line) and not re.search(
+                    r"#\s*as-installed-ok:\s*\S", line):
+                flagged.append(f"{path.name}:{number}: {line.strip()}")
+    assert not flagged, "\n".join(flagged)

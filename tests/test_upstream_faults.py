@@ -60,17 +60,17 @@ class Setup:
     """A misbehaving upstream, a gateway relaying to it, and a budget-capped key."""
 
     def __init__(self, make_gateway, monkeypatch, script, client: str, dead: bool = False,
-                 **traits) -> None:
-        self.up = Misbehaving(script)
+                 tls=None, ca_file: str = "", **traits) -> None:
+        self.up = Misbehaving(script, tls=tls)
         monkeypatch.setenv("TEST_OPENAI_KEY", REAL_OPENAI_KEY)
         monkeypatch.setenv("TEST_ANTHROPIC_KEY", REAL_ANTHROPIC_KEY)
         base = f"http://127.0.0.1:{free_port()}" if dead else self.up.url
         traits = {"read_timeout": 1.0, "connect_timeout": 1.0, **traits}
         self.gw = make_gateway(
             providers={"openai": {"kind": "openai", "base_url": base + "/v1",
-                                  "api_key_env": "TEST_OPENAI_KEY"},
+                                  "api_key_env": "TEST_OPENAI_KEY", "ca_file": ca_file},
                        "anthropic": {"kind": "anthropic", "base_url": base,
-                                     "api_key_env": "TEST_ANTHROPIC_KEY"}},
+                                     "api_key_env": "TEST_ANTHROPIC_KEY", "ca_file": ca_file}},
             upstream_client=client,
             fake_mode="never", front="lean" if client == "lean" else "tornado", **traits)
         self.key, created = self.gw.create_key(
@@ -180,6 +180,16 @@ def test_anthropic_key_echo_is_scrubbed(setup):
     assert raw.headers["x-echo-api-key"] == "[redacted]"
     assert REAL_ANTHROPIC_KEY not in json.dumps(s.event())
     s.assert_released(charged=False)
+
+
+def test_key_echoed_in_a_malformed_head_is_scrubbed(setup):
+    s = setup(lambda n, h, b: [f"HTTP/1.1 40X Bearer {REAL_OPENAI_KEY}\r\nx: {REAL_OPENAI_KEY}"
+                               f"\r\n\r\n".encode(), "close"])
+    with pytest.raises(openai.APIStatusError) as err:
+        s.openai().chat.completions.create(**CHAT)
+    assert err.value.status_code == 502
+    assert "upstream answered badly" in err.value.body["message"]
+    assert REAL_OPENAI_KEY not in err.value.response.text + json.dumps(s.event())
 
 
 # -- the upstream cannot be reached or breaks -----------------------------------------
@@ -366,3 +376,65 @@ def test_client_leaving_cancels_the_upstream_and_pays(setup, when):
     assert event["cost_pico"] > 0
     s.assert_released(charged=True)
     assert s.up.open == 0
+
+
+# -- TLS and proxies, through the gateway ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def ca():
+    import trustme
+    return trustme.CA()
+
+
+def tls_server(ca, *names):
+    import ssl
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    return context
+
+
+def test_tls_upstream_with_a_custom_ca(setup, ca, tmp_path):
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    s = setup(lambda n, h, b: [response(200, completion())], tls=tls_server(ca, "127.0.0.1"),
+              ca_file=str(ca_file))
+    assert s.openai().chat.completions.create(**CHAT).usage.prompt_tokens == 80
+    assert s.event()["status"] == "ok"
+
+
+@pytest.mark.parametrize("case", ["unknown_ca", "wrong_hostname"])
+def test_tls_failures_are_a_clear_502(setup, ca, tmp_path, case):
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    names = ("127.0.0.1",) if case == "unknown_ca" else ("api.example.test",)
+    s = setup(lambda n, h, b: [response(200, completion())], tls=tls_server(ca, *names),
+              ca_file="" if case == "unknown_ca" else str(ca_file))
+    with pytest.raises(anthropic.APIStatusError) as err:
+        s.anthropic().messages.create(**MESSAGES)
+    assert err.value.status_code == 502
+    message = err.value.body["error"]["message"]
+    assert message.startswith("upstream TLS failed: the TLS certificate of 127.0.0.1:")
+    if case == "unknown_ca":
+        assert "ca_file" in message
+    else:
+        assert "mismatch" in message.lower() or "hostname" in message.lower()
+    event = s.event()
+    assert event["status"] == "upstream_error" and not event["usage_estimated"]
+    s.assert_released(charged=False)
+    assert s.up.requests == 0
+
+
+def test_upstream_through_a_connect_proxy(setup, ca, tmp_path):
+    from misbehaving import ConnectProxy
+    proxy = ConnectProxy()
+    try:
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        s = setup(lambda n, h, b: [response(200, completion())],
+                  tls=tls_server(ca, "127.0.0.1"), ca_file=str(ca_file),
+                  upstream_proxy=proxy.url, upstream_no_proxy="")
+        for _ in range(2):
+            assert s.openai().chat.completions.create(**CHAT).usage.completion_tokens == 3
+        assert proxy.targets == [f"127.0.0.1:{s.up.port}"]
+    finally:
+        proxy.stop()

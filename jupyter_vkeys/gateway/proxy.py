@@ -300,7 +300,7 @@ class ProxyCall:
             upstream = await transport.send(request)
         except UpstreamError as exc:
             call.request_sent = exc.sent
-            raise upstream_error(exc) from None
+            raise upstream_error(self._scrubbed(exc)) from None
         except asyncio.CancelledError:
             call.request_sent = True  # the client left while the upstream was working
             raise
@@ -311,6 +311,14 @@ class ProxyCall:
         finally:
             upstream.close()  # an unfinished answer aborts the connection: the upstream stops
 
+    def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
+        """``exc`` with provider keys removed from its message (a parser's message may
+        quote what the upstream sent). Called on error paths only."""
+        scrubber = self.gateway.scrubber
+        if scrubber:
+            exc.message = scrubber.text(exc.message)
+        return exc
+
     def _response_headers(self, call: Call, upstream_headers: Iterable[tuple[str, str]]
                           ) -> list[tuple[str, str]]:
         """The client's response headers: upstream's, filtered and scrubbed of provider
@@ -320,13 +328,12 @@ class ProxyCall:
             lname = name.lower()
             if lname not in _DROP_RESPONSE and not lname.startswith(_DROP_PREFIXES):
                 out[lname] = value
-        scrubber = self.gateway.scrubber
-        relayed = scrubber.headers(list(out.items())) if scrubber else list(out.items())
-        relayed.append(("x-request-id", call.request_id))
-        relayed.append(("x-vkeys-key-id", call.record.id))
+        out["x-request-id"] = call.request_id
+        out["x-vkeys-key-id"] = call.record.id
         for name, value in self._ticket.headers.items():
-            relayed.append((name.lower(), value))
-        return relayed
+            out[name.lower()] = value
+        scrubber = self.gateway.scrubber
+        return scrubber.headers(list(out.items())) if scrubber else list(out.items())
 
     async def _relay_response(self, call: Call, upstream) -> None:
         exchange = self.exchange
@@ -345,7 +352,7 @@ class ProxyCall:
                                        event_status="upstream_error")
                     parts.append(chunk)
             except UpstreamError as exc:
-                raise upstream_error(exc) from None
+                raise upstream_error(self._scrubbed(exc)) from None
             data = b"".join(parts)
             call.first_byte = time.time()
             if status < 300:
@@ -404,7 +411,7 @@ class ProxyCall:
         except UpstreamError as exc:
             # Headers are out: the client sees the stream end early, the warehouse sees why.
             call.status = "timeout" if exc.kind == "timeout" else "upstream_error"
-            call.error_type, call.error_message = exc.kind, exc.message
+            call.error_type, call.error_message = exc.kind, self._scrubbed(exc).message
             self._conclude()
             exchange.abort()
 

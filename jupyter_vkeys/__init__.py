@@ -1,7 +1,7 @@
 """jupyter-vkeys: a Jupyter-native LLM gateway with virtual keys, budgets and a warehouse.
 
 In a notebook: ``jupyter_vkeys.me()`` (or ``%load_ext jupyter_vkeys`` then
-``%vkeys``) shows the kernel's key, limits and spend. Elsewhere:
+``%vkeys``) shows the kernel's key, limits, spend and when each window resets. Elsewhere:
 :class:`jupyter_vkeys.gateway.VKeysGateway` runs a gateway and
 :mod:`jupyter_vkeys.warehouse` reads its data.
 """
@@ -15,8 +15,11 @@ from ._version import __version__
 __all__ = ["__version__", "load_ipython_extension", "me"]
 
 
-def me(show: bool = True) -> dict[str, Any]:
-    """This kernel's virtual key, limits and spend (from the gateway's ``/api/me``)."""
+def me(show: bool | None = None) -> Any:
+    """This kernel's virtual key, limits and spend (from the gateway's ``/api/me``), as a
+    report that renders itself (rich HTML in JupyterLab, text elsewhere); ``show=True``
+    displays it at once. Raises :class:`jupyter_vkeys.kernel.VKeysError` saying why and
+    what to do when there is no key, the gateway is down or the key is refused."""
     from .kernel import me as _me
     return _me(show=show)
 

@@ -228,11 +228,16 @@ def test_idle_and_half_sent_connections_are_closed(gw):
         idle.sendall(request_bytes(key, CHAT))
         assert read_response(idle, bytearray())[0] == 200
         half.sendall(f"POST {PATH} HTTP/1.1\r\nhost: t\r\nauthor".encode())  # never ends
-        gw.server.idle_timeout = 0.2
+        gw.server.idle_timeout = gw.server.head_timeout = 0.2
         time.sleep(0.4)
         gw.call_in_loop(gw.server.sweep_idle)
-        assert is_closed(idle) and is_closed(half)
-    gw.server.idle_timeout = 3600.0
+        assert is_closed(idle)
+        status, _, body = read_response(half, bytearray())
+        assert status == 408
+        assert json.loads(body)["error"]["message"] == (
+            "request line and headers not received within the gateway's limit of 0.2 s")
+        assert is_closed(half)
+    gw.server.idle_timeout, gw.server.head_timeout = 75.0, 30.0
     gw.call_in_loop(gw.server.sweep_idle)  # back to a slow sweep
     with connect(gw) as fresh:  # the server itself still serves
         fresh.sendall(request_bytes(key, CHAT))

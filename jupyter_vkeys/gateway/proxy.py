@@ -32,6 +32,8 @@ from .core import VKeysGateway
 from .errors import ApiError
 from .exchange import ClientGone, Exchange
 from .metering import meter_for
+from .dry_run import estimate
+from .request_fields import choice_count, output_cap
 
 log = logging.getLogger("jupyter_vkeys.gateway")
 
@@ -42,10 +44,6 @@ _DROP_RESPONSE = frozenset({"connection", "keep-alive", "proxy-authenticate", "p
                             "content-encoding", "date", "server", "set-cookie"})
 _DROP_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "openai-organization", "openai-project")
 
-# Which request field caps output tokens, per operation.
-_MAX_FIELDS = {"chat.completions": ("max_completion_tokens", "max_tokens"),
-               "completions": ("max_tokens",), "responses": ("max_output_tokens",),
-               "messages": ("max_tokens",), "embeddings": (), "messages.count_tokens": ()}
 # The field the gateway writes when it clamps a request without one.
 _CLAMP_FIELD = {"chat.completions": "max_completion_tokens", "completions": "max_tokens",
                 "responses": "max_output_tokens", "messages": "max_tokens"}
@@ -135,7 +133,7 @@ class ProxyCall:
     """
 
     __slots__ = ("gateway", "exchange", "operation", "dialect", "call", "_ticket", "_meter",
-                 "_rates", "_concluded")
+                 "_rates", "_concluded", "_cell")
 
     def __init__(self, gateway: VKeysGateway, exchange: Exchange, operation: str,
                  dialect: str) -> None:
@@ -146,6 +144,7 @@ class ProxyCall:
         self.call = Call(operation, dialect, client=(exchange.header("user-agent") or "")[:200])
         self._ticket = self._meter = self._rates = None
         self._concluded = False
+        self._cell = None
 
     async def run(self) -> None:
         """Answer the call, in every outcome: relayed, refused, cut or failed."""
@@ -193,8 +192,22 @@ class ProxyCall:
         call = self.call
         call.ended = time.time()
         if self._ticket is not None:
-            self._settle(call)
-        self.gateway.sink.emit(call.event())
+            try:
+                self._settle(call)
+            except Exception:  # a bug; the hold must still go, or the budget leaks
+                log.exception("jupyter-vkeys: settling %s failed; charged at its hold",
+                              call.request_id)
+                self.gateway.policy.settle(self._ticket, self._ticket.hold, 0)
+        try:
+            event = call.event()
+        except Exception:  # a bug: record what is certain rather than nothing
+            log.exception("jupyter-vkeys: building the event of %s failed", call.request_id)
+            event = call.minimal_event()
+        self.gateway.sink.emit(event)
+        if self._cell is not None:
+            self._cell.add(call)
+        if call.status == "ok" and call.usage is not None:
+            self.gateway.output_history.observe(call.request_model, call.usage.output)
 
     # -- the path of one call ----------------------------------------------------------
     async def _handle(self, call: Call) -> None:
@@ -220,6 +233,13 @@ class ProxyCall:
         call.request_model = model
         call.stream = stream = body.get("stream") is True
         call.prompt_hash = _prompt_hash(body)
+        cell = gw.cells.current(record.id)
+        if cell is not None:
+            self._cell = cell
+            call.cell_id, call.execution_count = cell.cell_id, cell.execution_count
+            if cell.dry_run:
+                await self._dry_run(call, cell, body, raw)
+                return
         try:
             admission = gw.policy.resolve(record, model)
         except Refusal as refusal:
@@ -240,15 +260,12 @@ class ProxyCall:
         tier = body.get("service_tier") if isinstance(body.get("service_tier"), str) else ""
         rates = gw.prices.rates(admission.model, provider.price_provider,
                                 tier if tier not in ("auto", "default") else "")
-        max_fields = _MAX_FIELDS.get(self.operation, ())
-        max_output = next((body[f] for f in max_fields if isinstance(body.get(f), int)
-                           and not isinstance(body.get(f), bool)), None)
-        if not max_fields:
-            max_output = 0
+        max_output = output_cap(self.operation, body)
+        choices = choice_count(self.operation, body)
         try:
             ticket = gw.policy.admit(admission, rates, input_bound=len(raw),
                                      input_estimate=len(raw) // 4, max_output=max_output,
-                                     model_max_output=entry.max_output_tokens)
+                                     model_max_output=entry.max_output_tokens, choices=choices)
         except Refusal as refusal:
             raise refusal_error(refusal) from None
         self._ticket, self._rates = ticket, rates
@@ -274,9 +291,47 @@ class ProxyCall:
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                           "include_usage": True}
                 strip_usage = changed = True
-        payload = orjson.dumps(body) if changed else raw
+        try:
+            payload = orjson.dumps(body) if changed else raw
+        except orjson.JSONEncodeError:
+            raise _too_deep() from None
         self._meter = meter_for(self.dialect, self.operation, stream, strip_usage)
         await self._relay(call, provider, transport, body, payload)
+
+    async def _dry_run(self, call: Call, cell, body: dict, raw: bytes) -> None:
+        """A call inside a dry-run cell: priced as the real model would be, answered by
+        the offline fake, recorded as ``dry_run`` at no cost (no hold, no spend, no rate
+        use). The answer carries the figures in ``x-vkeys-dry-run-*`` headers."""
+        gw = self.gateway
+        figures = estimate(gw, call.record, self.operation, body, len(raw))
+        cell.add_estimate(figures)
+        routed = gw.route(figures.model)
+        call.provider = routed[1].name if routed else ""
+        call.status = "dry_run"
+        call.usage = Usage(input_uncached=figures.input_tokens)
+        call.dry_run_cost, call.dry_run_worst = figures.expected_pico, figures.worst_pico
+        call.tags["dry_run_verdict"] = figures.verdict or "allowed"
+        call.upstream_started = time.time()
+        answer = await gw.fake.send(UpstreamRequest("POST", "", {}, raw, parsed=body,
+                                                    operation=self.operation))
+        call.upstream_headers_at = time.time()
+        headers = {"content-type": answer.headers.get("content-type", "application/json"),
+                   "x-request-id": call.request_id, "x-vkeys-key-id": call.record.id,
+                   "x-vkeys-dry-run": "true",
+                   "x-vkeys-dry-run-verdict": (figures.verdict or "allowed")[:300]}
+        for name, pico in (("cost", figures.expected_pico), ("worst", figures.worst_pico)):
+            headers[f"x-vkeys-dry-run-{name}-usd"] = "unpriced" if pico is None \
+                else f"{pico / 1e12:.9f}"
+        call.http_status = answer.status
+        self.exchange.start(answer.status, list(headers.items()))
+        async for chunk in answer.chunks():
+            if call.first_byte is None:
+                call.first_byte = time.time()
+            call.response_bytes += len(chunk)
+            await self.exchange.write(chunk)
+        call.upstream_wait = call.upstream_headers_at - call.upstream_started
+        self._conclude()
+        self.exchange.finish(b"")
 
     async def _relay(self, call: Call, provider, transport, body: dict, payload: bytes) -> None:
         gw = self.gateway
@@ -473,8 +528,17 @@ def _is_json(data: bytes) -> bool:
     return True
 
 
+def _too_deep() -> ApiError:
+    return ApiError(400, "invalid_request", "request body nests JSON deeper than 255 levels; "
+                    "flatten it (no provider accepts such a request)")
+
+
 def _prompt_hash(body: dict) -> str:
-    """A short hash of the normalized prompt, for loop detection (never the text)."""
+    """A short hash of the normalized prompt, for loop detection (never the text).
+    Raises a 400 :class:`ApiError` for a prompt nested too deep to encode."""
     prompt = body.get("messages") or body.get("input") or body.get("prompt") or ""
-    return hashlib.blake2b(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS),
-                           digest_size=8).hexdigest()
+    try:
+        encoded = orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        raise _too_deep() from None
+    return hashlib.blake2b(encoded, digest_size=8).hexdigest()

@@ -341,15 +341,17 @@ def test_oversized_answer_is_a_502(setup):
 
 # -- the client leaves ----------------------------------------------------------------
 
-def raw_call(s: Setup, body: dict, read_until: bytes | None = None) -> socket.socket:
-    """Send a chat call on a raw socket; return it (after ``read_until`` arrived, if set)."""
+def raw_call(s: Setup, body: dict, read_until: bytes | None = None, seen: bytearray | None = None
+             ) -> socket.socket:
+    """Send a chat call on a raw socket; return it (after ``read_until`` arrived, if set;
+    what was read is added to ``seen``)."""
     data = compact(body)
     sock = socket.create_connection(("127.0.0.1", s.gw.port), timeout=5)
     path = s.gw.gateway.prefix + "/openai/v1/chat/completions"
     sock.sendall(f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {s.key}\r\n"
                  f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n"
                  .encode() + data)
-    seen = b""
+    seen = bytearray() if seen is None else seen
     while read_until is not None and read_until not in seen:
         seen += sock.recv(65536)
     return sock
@@ -438,3 +440,37 @@ def test_upstream_through_a_connect_proxy(setup, ca, tmp_path):
         assert proxy.targets == [f"127.0.0.1:{s.up.port}"]
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_half_closed_client_still_gets_its_answer(setup, stream):
+    """FIN after the request is not always a client that left: one that only half-closed
+    (``shutdown(SHUT_WR)``) still reads, and gets its whole answer (HTTP/1.1 interim
+    responses and SSE comments it is sent meanwhile are skipped by every client)."""
+    if stream:
+        script = [0.3, STREAM_HEAD, chunk(sse_delta("a ")), 0.3, chunk(sse_delta("b ")),
+                  chunk(b"data: [DONE]\n\n"), b"0\r\n\r\n"]
+    else:
+        script = [0.3, response(200, completion())]
+    s = setup(lambda n, h, b: script)
+    if s.gw.front != "lean":
+        pytest.skip("tornado's front takes a FIN for a client that left")
+    data = bytearray()
+    sock = raw_call(s, {**CHAT, "stream": stream}, read_until=b"a " if stream else None,
+                    seen=data)
+    sock.shutdown(socket.SHUT_WR)
+    while chunk_ := sock.recv(65536):
+        data += chunk_
+    sock.close()
+    data = bytes(data)
+    head, _, body = data.partition(b"\r\n\r\n")
+    if head.startswith(b"HTTP/1.1 100"):
+        head, _, body = body.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data[:200]
+    if stream:
+        assert b"[DONE]" in body and b'"b "' in body
+    else:
+        assert b"hi there" in body
+    event = s.event()
+    assert event["status"] == "ok" and event["usage_estimated"] == stream  # no usage streamed
+    s.assert_released(charged=True)

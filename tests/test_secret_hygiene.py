@@ -14,7 +14,6 @@ from pathlib import Path
 
 import anthropic
 import openai
-import pytest
 
 from support import REAL_ANTHROPIC_KEY, FakeUpstream, ServeProcess
 

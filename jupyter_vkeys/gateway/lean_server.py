@@ -25,6 +25,7 @@ import asyncio
 import http
 import logging
 import re
+import select
 import socket
 import time
 from collections import deque
@@ -209,6 +210,7 @@ class _Connection(asyncio.Protocol):
         self.writing_paused = False
         self.drain: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
+        self.exchange: _LeanExchange | None = None  # of the data-plane call in flight
         self.on_close: Callable[[], None] | None = None
         self.state = _IDLE
         self.started = 0.0  # when the head or body being read began (monotonic)
@@ -482,6 +484,7 @@ class _Connection(asyncio.Protocol):
         route = self.server.proxy_routes.get(path) if request.method == "POST" else None
         if route is not None:
             call = ProxyCall(self.server.gateway, exchange, route[0], route[1])
+            self.exchange = exchange
             self.task = task = self.loop.create_task(call.run())
             task.add_done_callback(exchange.task_done)
         else:
@@ -513,7 +516,11 @@ class _Connection(asyncio.Protocol):
             self.reading_paused = False
             transport.resume_reading()
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the client is already gone (ENOTCONN)
+                transport.abort()
+                return
             self.server.lingering.add(self)
             self.loop.call_later(_LINGER, self.abort)
         else:
@@ -522,9 +529,54 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         """The client sent FIN (asyncio asks whether to keep the transport open). While
         lingering, or with nothing to answer, that ends the connection; otherwise the
-        requests already read are answered, then ``response_done`` closes it."""
+        requests already read are answered, then ``response_done`` closes it. With a
+        data-plane call in flight, :meth:`_probe` finds out whether the client left."""
         self.eof = True
-        return not self.closing and (self.busy or bool(self.queue))
+        keep = not self.closing and (self.busy or bool(self.queue))
+        if keep and self.task is not None and not self.task.done():
+            self.loop.call_later(_PROBE_AFTER, self._probe, self.task, 0.0)
+        return keep
+
+    def _nudge(self, exchange: "_LeanExchange | None") -> None:
+        """Write something every client ignores, so that the host of a client that closed
+        its socket answers with a reset: an interim ``100 Continue`` before the head
+        (HTTP/1.1 clients skip 1xx), an SSE comment inside an event stream (the relay
+        writes whole events, so it falls between two)."""
+        if exchange is None or exchange.request.version != "1.1":
+            return
+        if not exchange.head_sent:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        for name, value in exchange._headers:
+            if name.lower() == "content-type" and value.startswith("text/event-stream"):
+                self.transport.write(b"%x\r\n%s\r\n" % (len(_PROBE), _PROBE)
+                                     if exchange._chunked else _PROBE)
+                return
+
+    def _probe(self, task: asyncio.Task, delay: float) -> None:
+        """A FIN came while ``task`` (a data-plane call) runs: a half-closed client still
+        reads its answer, a client that left does not, and its host resets the
+        connection. On a reset, drop the connection, which cancels the call, so the
+        upstream stops at once and the call is charged what it cost so far. Polled at
+        growing intervals (up to 1 s) while the call runs; a call that ends within
+        ``_PROBE_AFTER`` of the FIN is answered without any of this."""
+        if task.done() or self.closing or self.task is not task:
+            return
+        if not delay:
+            self._nudge(self.exchange)
+            self.loop.call_later(0.02, self._probe, task, 0.02)
+            return
+        sock = self.transport.get_extra_info("socket")
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            gone = any(mask & (select.POLLERR | select.POLLHUP) for _, mask in poller.poll(0))
+        except (OSError, ValueError):
+            gone = True
+        if gone:
+            self.abort()
+            return
+        self.loop.call_later(delay, self._probe, task, min(delay * 2, 1.0))
 
     def abort(self) -> None:
         """Drop the connection at once (the client sees a cut response)."""
@@ -541,6 +593,10 @@ class _Connection(asyncio.Protocol):
             await self.drain
             if self.transport.is_closing():
                 raise ClientGone()
+
+
+_PROBE = b": probe\n\n"  # an SSE comment: clients skip it
+_PROBE_AFTER = 0.25  # seconds after a FIN before a call still running is probed
 
 
 def _upgrade_refusal() -> ApiError:

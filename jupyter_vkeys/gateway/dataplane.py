@@ -85,7 +85,11 @@ class TornadoExchange(Exchange):
             raise ClientGone() from None
 
     def finish(self, data: bytes = b"") -> None:
-        self.handler.finish(data)
+        handler = self.handler
+        status = handler.get_status()
+        if status in (204, 304) or status < 200:  # no body (tornado raises on b"" too)
+            data = b""
+        handler.finish(data or None)
 
     def abort(self) -> None:
         self.handler.request.connection.close()

@@ -579,3 +579,16 @@ def test_access_log_has_no_query_strings(gw, caplog):
     assert any("/vkeys/api/health" in line for line in lines)
     assert any("/vkeys/openai/v1/models" in line for line in lines)
     assert not [line for line in lines if "SECRET" in line or "?" in line]
+
+
+def test_half_closed_client_still_gets_its_answers(gw):
+    """A client that sends its requests then FIN (``shutdown(SHUT_WR)``) is answered, then
+    the connection closes (it used to be closed at once, the answers lost)."""
+    key, _ = gw.create_key()
+    with connect(gw) as sock:
+        sock.sendall(request_bytes(key, CHAT) + b"GET /vkeys/api/health HTTP/1.1\r\nhost: t\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        buffer = bytearray()
+        assert read_response(sock, buffer)[0] == 200
+        assert read_response(sock, buffer)[0] == 200
+        assert is_closed(sock)

@@ -517,7 +517,9 @@ class _Connection(asyncio.Protocol):
         if self.reading_paused:
             self.reading_paused = False
             transport.resume_reading()
-        if transport.can_write_eof():
+        if self.eof:  # the client has already finished sending
+            transport.close()
+        elif transport.can_write_eof():
             transport.write_eof()
             self.server.lingering.add(self)
             self.loop.call_later(_LINGER, self.abort)

@@ -16,7 +16,15 @@ and :mod:`.dataplane` carries the calls.
 Requests on one connection are answered in order (pipelined ones wait their
 turn); reading pauses while too many wait. Bodies over ``max_body_bytes`` are
 refused with 413 as soon as their declared length is known, and the
-connection is closed without reading them.
+connection is closed without reading them. Heads over ``max_head_bytes`` get
+431 however they are split into packets, targets over ``max_url_bytes`` 414;
+a head or body not received within ``head_timeout`` / ``body_timeout`` of its
+start gets 408; idle keep-alive connections close after ``idle_timeout``; past
+``max_connections`` a new connection gets 503. ``Upgrade`` and ``CONNECT`` are
+refused (400), as is a missing, repeated or invalid ``Host`` (400, and the
+connection goes on). Every refusal is JSON in the route's dialect; one that
+ends the connection sends FIN and drops what still arrives for a moment, so
+the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Routes (JSON in, JSON out, errors as ``{"error": {"message", "type"}}``):
 - ``GET|POST /keys``, ``GET|PATCH /keys/{id}``, ``POST /keys/{id}/revoke``,
   ``POST /keys/{id}/rotate``,
 - ``GET /policies``, ``GET|PUT|PATCH|DELETE /policies/{scope}``,
-- ``GET /audit``.
+- ``GET /audit``,
+- ``GET /openapi.json`` (no auth): the OpenAPI description (:mod:`.openapi`).
 
 The handler logic lives in mixins; who counts as an admin is decided by the
 base class they are combined with (:class:`TokenAdminAuth` standalone, the
@@ -30,6 +31,7 @@ from ..runtime import ControlPlane, OperationError
 from .core import VKeysGateway
 from .dataplane import DataPlaneHandler, public_endpoint
 from .errors import ApiError
+from .openapi import OpenApiHandler
 
 
 # Kept under its historical name: the Jupyter extension's auth raises it.
@@ -240,6 +242,7 @@ def admin_handlers(prefix: str, gateway: VKeysGateway, auth_base: type = TokenAd
     api = prefix + "/api"
     init = {"gateway": gateway}
     return [
+        (api + r"/openapi.json", OpenApiHandler),
         (api + r"/keys", make(KeysMixin), init),
         (api + r"/keys/([^/]+)", make(KeyMixin), init),
         (api + r"/keys/([^/]+)/(revoke|rotate)", make(KeyActionMixin), init),

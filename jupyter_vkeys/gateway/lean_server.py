@@ -16,7 +16,15 @@ and :mod:`.dataplane` carries the calls.
 Requests on one connection are answered in order (pipelined ones wait their
 turn); reading pauses while too many wait. Bodies over ``max_body_bytes`` are
 refused with 413 as soon as their declared length is known, and the
-connection is closed without reading them.
+connection is closed without reading them. Heads over ``max_head_bytes`` get
+431 however they are split into packets, targets over ``max_url_bytes`` 414;
+a head or body not received within ``head_timeout`` / ``body_timeout`` of its
+start gets 408; idle keep-alive connections close after ``idle_timeout``; past
+``max_connections`` a new connection gets 503. ``Upgrade`` and ``CONNECT`` are
+refused (400), as is a missing, repeated or invalid ``Host`` (400, and the
+connection goes on). Every refusal is JSON in the route's dialect; one that
+ends the connection sends FIN and drops what still arrives for a moment, so
+the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -184,6 +192,7 @@ class _Stop(Exception):
 # What the parser is reading on a connection.
 _IDLE, _HEAD, _BODY = 0, 1, 2
 _LINGER = 2.0  # seconds a refused client's further bytes are read (and dropped) before close
+_LINGER_BYTES = 1 << 20  # ... and at most this many
 # Host header values accepted (RFC 3986 host and port; no comma: tornado refuses those too).
 _HOST = re.compile(r"(\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(:[0-9]*)?")
 
@@ -215,6 +224,7 @@ class _Connection(asyncio.Protocol):
         self.state = _IDLE
         self.started = 0.0  # when the head or body being read began (monotonic)
         self.eof = False  # the client half-closed: answer what was read, then close
+        self._dropped = 0  # bytes received once closing (dropped unread)
         self._url = b""
         self._items: list[tuple[str, str]] = []
         self._body: list[bytes] = []
@@ -248,8 +258,11 @@ class _Connection(asyncio.Protocol):
         server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return  # refused, or lingering before close: what follows is not read
+        if self.closing:  # refused, or lingering before close: what follows is not read
+            self._dropped += len(data)
+            if self._dropped > _LINGER_BYTES:
+                self.abort()
+            return
         try:
             if self.state == _HEAD:
                 self._feed_head(data)
@@ -509,13 +522,15 @@ class _Connection(asyncio.Protocol):
         """Close after a response that ends the connection: send FIN once it is written,
         then drop what the client still sends for a moment (closing with unread bytes
         would reset the connection, and the client could lose the response), at most
-        ``_LINGER`` seconds."""
+        ``_LINGER`` seconds and ``_LINGER_BYTES``."""
         transport = self.transport
         self.server.connections.discard(self)
         if self.reading_paused:
             self.reading_paused = False
             transport.resume_reading()
-        if transport.can_write_eof():
+        if self.eof:  # the client has already finished sending
+            transport.close()
+        elif transport.can_write_eof():
             try:
                 transport.write_eof()
             except OSError:  # the client is already gone (ENOTCONN)
@@ -692,12 +707,13 @@ class _LeanExchange(Exchange):
             return
         if not self._sent:
             self._sent = True
+            connection = (b"" if self.request.version == "1.1" else
+                          b"connection: keep-alive\r\n") if keep else b"connection: close\r\n"
             if self._status in _BODYLESS or self._status < 200:  # no body, no length
-                framing = b"\r\n" if keep else b"connection: close\r\n\r\n"
+                framing = connection + b"\r\n"
                 data = b""
             else:
-                framing = b"content-length: %d\r\n%s\r\n" % (
-                    len(data), b"" if keep else b"connection: close\r\n")
+                framing = b"content-length: %d\r\n%s\r\n" % (len(data), connection)
             conn.transport.write(_head(self._status, self._headers, framing) + data)
         elif self._chunked:
             conn.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data) if data
@@ -775,8 +791,11 @@ class _TornadoBridge(tornado.httputil.HTTPConnection):
         else:
             self._keep_alive = False
             framing = b"\r\n"
-        if not self._keep_alive and "connection" not in lowered:
-            framing = b"connection: close\r\n" + framing
+        if "connection" not in lowered:
+            if not self._keep_alive:
+                framing = b"connection: close\r\n" + framing
+            elif self.request.version != "1.1":  # HTTP/1.0 keeps a connection only if told
+                framing = b"connection: keep-alive\r\n" + framing
         pairs = [(name, value) for name, value in headers.get_all()
                  if name.lower() != "date"]
         self._send(_head(status, pairs, framing) + self._frame(chunk))

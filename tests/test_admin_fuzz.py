@@ -18,7 +18,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import (content_type_conformance, not_a_server_error,
+from schemathesis.checks import (content_type_conformance, negative_data_rejection,
+                                 not_a_server_error,
                                  response_schema_conformance, status_code_conformance)
 
 from jupyter_vkeys.gateway.openapi import openapi_document
@@ -26,6 +27,7 @@ from support import ServeProcess
 
 EXAMPLES = int(os.environ.get("VKEYS_FUZZ_EXAMPLES", "15"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          negative_data_rejection,
           response_schema_conformance]
 
 

@@ -112,7 +112,9 @@ SCHEMAS: dict[str, Any] = {
                        "spent_usd": {"type": "number"}, "held_usd": {"type": "number"},
                        "remaining_usd": {"type": "number"},
                        "window_start": _nullable({"type": "string"}),
-                       "resets_at": {"type": "string"}, "warned": {"type": "boolean"}}},
+                       "resets_at": _nullable({"type": "string", "description":
+                                               "null for a total budget (never resets)"}),
+                       "warned": {"type": "boolean"}}},
     "ScopeReport": {
         "type": "object", "required": ["scope", "policy", "budgets"],
         "properties": {
@@ -191,9 +193,12 @@ def _admin(operation: dict[str, Any], *, not_found: bool = False,
 
 def openapi_document(api_url: str = "/vkeys/api") -> dict[str, Any]:
     """The OpenAPI 3.0.3 document of the admin API below ``api_url`` (``{prefix}/api``)."""
-    key_filters = [{"name": name, "in": "query", "required": False,
-                    "schema": {"type": "string"}}
-                   for name in ("owner", "team", "project", "state", "parent_id")]
+    key_filters = [{"name": name, "in": "query", "required": False, "schema": NAME}
+                   for name in ("owner", "team", "project")]
+    key_filters += [{"name": "state", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["active", "revoked", "expired"]}},
+                    {"name": "parent_id", "in": "query", "required": False,
+                     "schema": {"type": "string", "maxLength": MAX_KEY_ID_CHARS}}]
     paths: dict[str, Any] = {
         "/health": {"get": {"summary": "Liveness and which providers are real or fake",
                             "security": [], "responses": {"200": _ok(_ref("Health"))}}},

@@ -184,7 +184,8 @@ def parse_policy(data: Mapping[str, Any] | None, *, base: Policy | None = None) 
             raise PolicyError(f"models lists {len(models)} entries; at most {MAX_MODELS} "
                               "allowed (use globs such as \"claude-*\")")
         models = tuple(_name(f"models[{i}]", m) for i, m in enumerate(models))
-    aliases = current.get("aliases") or {}
+    aliases = current.get("aliases")
+    aliases = {} if aliases is None else aliases
     if not isinstance(aliases, Mapping):
         raise PolicyError('aliases must map names to models, e.g. {"cheap": "gpt-4o-mini"}, '
                           f"got {_short(aliases)}")
@@ -193,7 +194,8 @@ def parse_policy(data: Mapping[str, Any] | None, *, base: Policy | None = None) 
     for alias, target in aliases.items():
         _name("aliases key", alias)
         _name(f"aliases[{alias!r}]", target)
-    budgets_in = current.get("budgets") or []
+    budgets_in = current.get("budgets")
+    budgets_in = [] if budgets_in is None else budgets_in
     if not isinstance(budgets_in, (list, tuple)):
         raise PolicyError("budgets must be a list of {usd, period, soft} objects, "
                           f"got {_short(budgets_in)}")

@@ -67,13 +67,16 @@ def snapshot(proc) -> dict:
 
 def load_schema(served):
     """The served document, with key ids in paths narrowed to the seeded keys or one
-    that does not exist (random ids would only ever meet 404)."""
+    that does not exist, and parents to the seeded top-level keys (random ids would only
+    ever meet 404 or "parent does not exist", and the fuzzing would not reach writes)."""
     with urllib.request.urlopen(served.url + "/api/openapi.json", timeout=10) as resp:
         document = json.loads(resp.read())
     id_param = document["paths"]["/keys/{id}"]["parameters"][0]
     id_param["schema"] = {"type": "string", "enum": [*served.key_ids, "nosuchkey"]}
     for path in ("/keys/{id}/revoke", "/keys/{id}/rotate"):
         document["paths"][path]["parameters"] = [id_param]
+    document["components"]["schemas"]["KeyCreate"]["properties"]["parent_id"] = {
+        "type": "string", "enum": served.key_ids[:2], "nullable": True}
     schema = schemathesis.openapi.from_dict(document)
     schema.config.update(base_url=served.url + "/api")
     return schema

@@ -57,7 +57,7 @@ MODEL_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS,
 TIME = {"oneOf": [{"type": "number", "minimum": MIN_TIME, "maximum": MAX_TIME},
                   {"type": "string", "format": "date-time"}],
         "nullable": True,
-        "description": "Epoch seconds or RFC 3339 text, 1970-01-01 to 9999-12-31; null or "
+        "description": "Epoch seconds or RFC 3339 text, 0001-01-01 to 9999-12-31; null or "
                        "empty: never expires."}
 
 POLICY_PROPERTIES: dict[str, Any] = {
@@ -80,6 +80,16 @@ BUDGET_LIMIT = {
                        "maximum": 1, "description": "Warn when this fraction is spent."}),
 }
 
+KEY_PROPERTIES: dict[str, Any] = {
+    "alias": _nullable({"type": "string", "maxLength": MAX_ALIAS_CHARS,
+                        "pattern": "^[^\\x00-\\x1f\\x7f]*$"}),
+    "owner": _nullable(NAME), "team": _nullable(NAME), "project": _nullable(NAME),
+    "expires_at": TIME,
+    "metadata": _nullable({"type": "object", "description": (
+        f"Free JSON object, at most {MAX_METADATA_DEPTH} levels deep and "
+        f"{MAX_METADATA_BYTES} bytes.")}),
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error"],
@@ -96,16 +106,15 @@ SCHEMAS: dict[str, Any] = {
     "KeyCreate": {
         "type": "object", "additionalProperties": False,
         "properties": {
-            "alias": _nullable({"type": "string", "maxLength": MAX_ALIAS_CHARS}),
-            "owner": _nullable(NAME), "team": _nullable(NAME), "project": _nullable(NAME),
+            **KEY_PROPERTIES,
             "parent_id": _nullable({"type": "string", "maxLength": MAX_KEY_ID_CHARS,
-                                    "description": "Parent key id (create only): the "
-                                                   "child spends against its budgets."}),
-            "expires_at": TIME,
-            "metadata": _nullable({"type": "object", "description": (
-                f"Free JSON object, at most {MAX_METADATA_DEPTH} levels deep and "
-                f"{MAX_METADATA_BYTES} bytes.")}),
+                                    "description": "Parent key id: the child spends "
+                                                   "against its budgets."}),
             **POLICY_PROPERTIES}},
+    "KeyPatch": {
+        "type": "object", "additionalProperties": False,
+        "description": "Key and policy fields to change (parent_id cannot change).",
+        "properties": {**KEY_PROPERTIES, **POLICY_PROPERTIES}},
     "BudgetReport": {
         "type": "object", "required": ["usd", "period", "resets_at"],
         "properties": {**BUDGET_LIMIT,
@@ -223,7 +232,7 @@ def openapi_document(api_url: str = "/vkeys/api") -> dict[str, Any]:
             "get": _admin({"summary": "A key with its limits and spend",
                            "responses": {"200": _ok(_ref("KeyReport"))}}, not_found=True),
             "patch": _admin({"summary": "Change key and policy fields (null removes a limit)",
-                             "requestBody": _json_body(_ref("KeyCreate"), required=False),
+                             "requestBody": _json_body(_ref("KeyPatch"), required=False),
                              "responses": {"200": _ok(_ref("KeyReport"))}}, not_found=True)},
         "/keys/{id}/revoke": {
             "parameters": [KEY_ID],

@@ -33,6 +33,7 @@ MAX_BUDGET_USD = Decimal(10**9)
 MAX_MODELS = 256
 MAX_ALIASES = 256
 MAX_NAME_CHARS = 256  # a model name, glob or alias
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 LIMITS = {"rpm": MAX_RPM, "tpm": MAX_TPM, "max_concurrency": MAX_CONCURRENCY}
 
 
@@ -120,7 +121,7 @@ def _name(field: str, value: Any) -> str:
     if len(value) > MAX_NAME_CHARS:
         raise PolicyError(f"{field} is {len(value)} characters long; at most "
                           f"{MAX_NAME_CHARS} allowed")
-    if not value.isprintable():
+    if _CONTROL_RE.search(value):
         raise PolicyError(f"{field} contains control characters: {_short(value)}")
     return value
 

@@ -245,7 +245,8 @@ class KeyRegistry:
         """Give a key a new secret; the old one stays valid ``grace_seconds`` longer."""
         before = self._existing(key_id)
         if before.state(self.clock()) != "active":
-            raise InvalidKeyRequest(f"key {key_id} is {before.state(self.clock())}; only active keys rotate")
+            raise InvalidKeyRequest(f"key {key_id} is {before.state(self.clock())}; only active "
+                                    "keys rotate")
         grace_seconds = check_grace(grace_seconds)
         secret = new_secret()
         after = before.evolve(

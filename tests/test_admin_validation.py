@@ -26,7 +26,8 @@ def state(gw) -> dict:
     def inner() -> dict:
         g = gw.gateway
         return {"records": {k: (r.owner, r.team, r.project, r.policy, r.metadata, r.expires_at,
-                                r.revoked_at, r.secret_hash) for k, r in g.registry.records.items()},
+                                r.revoked_at, r.secret_hash)
+                            for k, r in g.registry.records.items()},
                 "scopes": {s: p.as_dict() for s, p in g.policy.scope_policies.items()},
                 "stored_keys": [(r.id, r.owner, r.policy, r.revoked_at)
                                 for r in g.store.load_keys()],

@@ -207,9 +207,11 @@ def parse_policy(data: Mapping[str, Any] | None, *, base: Policy | None = None) 
     periods = [b.period for b in budgets]
     if len(set(periods)) != len(periods):
         raise PolicyError("at most one budget per period on one key or scope")
-    return Policy(models=models, aliases=dict(aliases), rpm=_positive_int("rpm", current.get("rpm")),
+    return Policy(models=models, aliases=dict(aliases),
+                  rpm=_positive_int("rpm", current.get("rpm")),
                   tpm=_positive_int("tpm", current.get("tpm")),
-                  max_concurrency=_positive_int("max_concurrency", current.get("max_concurrency")),
+                  max_concurrency=_positive_int("max_concurrency",
+                                                current.get("max_concurrency")),
                   budgets=budgets)
 
 

@@ -77,6 +77,9 @@ async def _serve(args: argparse.Namespace) -> int:
         await gateway.start()
     except DataDirBusy as busy:
         raise SystemExit(f"jupyter-vkeys: {busy}") from None
+    except ValueError as exc:  # configuration the gateway refuses to run with
+        await gateway.stop()
+        raise SystemExit(f"jupyter-vkeys: cannot start: {exc}") from None
     # Everything loaded so far (modules, price data, keys) lives as long as the process:
     # keep it out of the garbage collector's full scans, which otherwise show up in p99.
     gc.collect()

@@ -9,8 +9,13 @@ that pricing never double-counts. The extractors are called by the meters in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+# More tokens than any model reads or writes in one call: a provider reporting more is
+# wrong (or hostile). Each class is clamped to it and the usage flagged ``clamped``, so
+# the cost stays a bounded integer that the journal and Parquet can always hold.
+TOKEN_LIMIT = 100_000_000
 
 
 @dataclass
@@ -27,6 +32,7 @@ class Usage:
     cache_write_1h: int = 0
     output: int = 0
     reasoning: int = 0
+    clamped: bool = field(default=False, compare=False)
 
     @property
     def input_total(self) -> int:
@@ -44,8 +50,18 @@ class Usage:
         return self.input_total + self.output
 
     def as_dict(self) -> dict[str, int]:
-        """Plain dict for JSON answers and events."""
-        return asdict(self)
+        """Plain dict of the token counts, for JSON answers and events."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "clamped"}
+
+    def bounded(self) -> "Usage":
+        """Clamp every class to :data:`TOKEN_LIMIT` (flagging ``clamped``); returns self.
+        Called by the extractors below on whatever a provider reported."""
+        for name in ("input_uncached", "cache_read", "cache_write_5m", "cache_write_1h",
+                     "output", "reasoning"):
+            if getattr(self, name) > TOKEN_LIMIT:
+                setattr(self, name, TOKEN_LIMIT)
+                self.clamped = True
+        return self
 
 
 def _int(block: Any, name: str) -> int:
@@ -71,7 +87,7 @@ def from_openai(block: Any) -> Usage:
         reasoning = _int(block.get("completion_tokens_details"), "reasoning_tokens")
     cached = min(cached, total_in)
     return Usage(input_uncached=total_in - cached, cache_read=cached, output=output,
-                 reasoning=min(reasoning, output))
+                 reasoning=min(reasoning, output)).bounded()
 
 
 def from_anthropic(block: Any, into: Usage | None = None) -> Usage:
@@ -97,4 +113,4 @@ def from_anthropic(block: Any, into: Usage | None = None) -> Usage:
         usage.cache_write_1h = 0
     if block.get("output_tokens") is not None:
         usage.output = _int(block, "output_tokens")
-    return usage
+    return usage.bounded()

@@ -23,8 +23,10 @@ import orjson
 
 from ..keys import KeyRecord
 from ..pricing import Cost
-from ..usage import Usage
+from ..usage import TOKEN_LIMIT, Usage
 from ..warehouse.version import SCHEMA_VERSION
+
+INT64_MAX = 2**63 - 1
 
 
 # Ids only need to be unique, not secret: a seeded PRNG avoids a getrandom() syscall per id,
@@ -77,8 +79,13 @@ class Call:
     prompt_hash: str = ""
     prompt_text: str | None = None
     upstream_wait: float = 0.0  # seconds spent awaiting the upstream (headers and chunks)
+    request_sent: bool = False  # the request may have reached the upstream (it may bill it)
     budget_warnings: list[str] = field(default_factory=list)
     tags: dict[str, Any] = field(default_factory=dict)
+    cell_id: str = ""  # the notebook cell running when the call arrived (see gateway.cells)
+    execution_count: int | None = None
+    dry_run_cost: int | None = None  # dry runs: expected and worst-case cost on the real model
+    dry_run_worst: int | None = None
 
     def hold_row(self, hold_pico: int) -> dict[str, Any]:
         """The journal row of an admitted call's budget hold (``status="hold"``).
@@ -95,7 +102,7 @@ class Call:
                 "notebook_path": str(metadata.get("notebook_path", "")), "client": self.client,
                 "provider": self.provider, "operation": self.operation,
                 "request_model": self.request_model, "stream": self.stream, "status": "hold",
-                "cost_pico": hold_pico, "pricing_status": "hold",
+                "cost_pico": min(hold_pico, INT64_MAX), "pricing_status": "hold",
                 "request_bytes": self.request_bytes, "prompt_hash": self.prompt_hash}
 
     def event(self) -> dict[str, Any]:
@@ -139,9 +146,9 @@ class Call:
             "cache_write_tokens": usage.cache_write,
             "output_tokens": usage.output,
             "reasoning_tokens": usage.reasoning,
-            "usage_estimated": self.usage_estimated,
+            "usage_estimated": self.usage_estimated or usage.clamped,
             "cost_usd": cost.usd if cost and cost.status != "unpriced" else None,
-            "cost_pico": cost.pico if cost else 0,
+            "cost_pico": min(cost.pico, INT64_MAX) if cost else 0,
             "cost_input_usd": (cost.breakdown.get("input", 0) / 1e12) if cost else None,
             "cost_cache_usd": ((cost.breakdown.get("cache_read", 0)
                                 + cost.breakdown.get("cache_write", 0)) / 1e12) if cost else None,
@@ -160,5 +167,29 @@ class Call:
             "budget_warning": "; ".join(self.budget_warnings),
             "tags": orjson.dumps({k: str(v) for k, v in metadata.items()
                                   if k not in ("kernel_id", "notebook_path")} | self.tags
-                                 ).decode(),
+                                 | ({"usage_clamped": f"a class above {TOKEN_LIMIT:,} tokens"}
+                                    if usage.clamped else {})).decode(),
+            "cell_id": self.cell_id,
+            "execution_count": self.execution_count,
+            "dry_run_cost_usd": (self.dry_run_cost / 1e12 if self.dry_run_cost is not None
+                                 else None),
+            "dry_run_worst_usd": (self.dry_run_worst / 1e12 if self.dry_run_worst is not None
+                                  else None),
         }
+
+    def minimal_event(self) -> dict[str, Any]:
+        """The event's identity, status and cost only: written by the data plane when
+        :meth:`event` failed (a bug), so that no call goes unrecorded."""
+        record = self.record
+        cost = self.cost.pico if self.cost else 0
+        return {"schema_version": SCHEMA_VERSION, "event_id": uuid7(),
+                "request_id": self.request_id, "start_time": self.started,
+                "end_time": self.ended or time.time(),
+                "key_id": record.id if record else "", "user": record.owner if record else "",
+                "team": record.team if record else "",
+                "project": record.project if record else "",
+                "parent_key_id": record.parent_id if record else "",
+                "operation": self.operation, "provider": self.provider,
+                "request_model": self.request_model, "status": self.status,
+                "http_status": self.http_status, "error_type": "event_incomplete",
+                "cost_pico": min(max(cost, 0), INT64_MAX), "tags": "{}"}

@@ -32,6 +32,8 @@ from .core import VKeysGateway
 from .errors import ApiError
 from .exchange import ClientGone, Exchange
 from .metering import meter_for
+from .dry_run import estimate
+from .request_fields import choice_count, output_cap
 
 log = logging.getLogger("jupyter_vkeys.gateway")
 
@@ -42,10 +44,6 @@ _DROP_RESPONSE = frozenset({"connection", "keep-alive", "proxy-authenticate", "p
                             "content-encoding", "date", "server", "set-cookie"})
 _DROP_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "openai-organization", "openai-project")
 
-# Which request field caps output tokens, per operation.
-_MAX_FIELDS = {"chat.completions": ("max_completion_tokens", "max_tokens"),
-               "completions": ("max_tokens",), "responses": ("max_output_tokens",),
-               "messages": ("max_tokens",), "embeddings": (), "messages.count_tokens": ()}
 # The field the gateway writes when it clamps a request without one.
 _CLAMP_FIELD = {"chat.completions": "max_completion_tokens", "completions": "max_tokens",
                 "responses": "max_output_tokens", "messages": "max_tokens"}
@@ -53,6 +51,9 @@ _CLAMP_FIELD = {"chat.completions": "max_completion_tokens", "completions": "max
 _PATHS = {"chat.completions": "/chat/completions", "completions": "/completions",
           "embeddings": "/embeddings", "responses": "/responses", "messages": "/v1/messages",
           "messages.count_tokens": "/v1/messages/count_tokens"}
+# The offline fake's controls (latency, errors): read by the in-process fake, never sent
+# to a provider unless an operator lists them in c.VKeysGateway.forward_headers.
+FAKE_HEADER_PREFIX = "x-vkeys-fake-"
 # Markers of the last event of a stream (held back until the call is journaled).
 _TERMINALS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
 
@@ -84,12 +85,14 @@ def refusal_error(refusal: Refusal) -> ApiError:
 
 
 def upstream_error(exc: UpstreamError) -> ApiError:
-    """The client's error for an upstream that failed before answering."""
+    """The client's error for an upstream that failed before answering: 504 for a
+    timeout, 502 for a connection that failed, a TLS failure or unusable HTTP."""
     if exc.kind == "timeout":
         return ApiError(504, "timeout", f"upstream timed out: {exc.message}",
                         event_status="timeout")
-    return ApiError(502, "upstream", f"upstream unreachable: {exc.message}",
-                    event_status="upstream_error")
+    what = {"tls": "upstream TLS failed", "protocol": "upstream answered badly"}.get(
+        exc.kind, "upstream unreachable")
+    return ApiError(502, "upstream", f"{what}: {exc.message}", event_status="upstream_error")
 
 
 def token_of(authorization: str | None, api_key: str | None, dialect: str) -> str | None:
@@ -133,7 +136,7 @@ class ProxyCall:
     """
 
     __slots__ = ("gateway", "exchange", "operation", "dialect", "call", "_ticket", "_meter",
-                 "_rates", "_concluded")
+                 "_rates", "_concluded", "_cell")
 
     def __init__(self, gateway: VKeysGateway, exchange: Exchange, operation: str,
                  dialect: str) -> None:
@@ -144,6 +147,7 @@ class ProxyCall:
         self.call = Call(operation, dialect, client=(exchange.header("user-agent") or "")[:200])
         self._ticket = self._meter = self._rates = None
         self._concluded = False
+        self._cell = None
 
     async def run(self) -> None:
         """Answer the call, in every outcome: relayed, refused, cut or failed."""
@@ -191,8 +195,22 @@ class ProxyCall:
         call = self.call
         call.ended = time.time()
         if self._ticket is not None:
-            self._settle(call)
-        self.gateway.sink.emit(call.event())
+            try:
+                self._settle(call)
+            except Exception:  # a bug; the hold must still go, or the budget leaks
+                log.exception("jupyter-vkeys: settling %s failed; charged at its hold",
+                              call.request_id)
+                self.gateway.policy.settle(self._ticket, self._ticket.hold, 0)
+        try:
+            event = call.event()
+        except Exception:  # a bug: record what is certain rather than nothing
+            log.exception("jupyter-vkeys: building the event of %s failed", call.request_id)
+            event = call.minimal_event()
+        self.gateway.sink.emit(event)
+        if self._cell is not None:
+            self._cell.add(call)
+        if call.status == "ok" and call.usage is not None:
+            self.gateway.output_history.observe(call.request_model, call.usage.output)
 
     # -- the path of one call ----------------------------------------------------------
     async def _handle(self, call: Call) -> None:
@@ -218,6 +236,13 @@ class ProxyCall:
         call.request_model = model
         call.stream = stream = body.get("stream") is True
         call.prompt_hash = _prompt_hash(body)
+        cell = gw.cells.current(record.id)
+        if cell is not None:
+            self._cell = cell
+            call.cell_id, call.execution_count = cell.cell_id, cell.execution_count
+            if cell.dry_run:
+                await self._dry_run(call, cell, body, raw)
+                return
         try:
             admission = gw.policy.resolve(record, model)
         except Refusal as refusal:
@@ -238,15 +263,12 @@ class ProxyCall:
         tier = body.get("service_tier") if isinstance(body.get("service_tier"), str) else ""
         rates = gw.prices.rates(admission.model, provider.price_provider,
                                 tier if tier not in ("auto", "default") else "")
-        max_fields = _MAX_FIELDS.get(self.operation, ())
-        max_output = next((body[f] for f in max_fields if isinstance(body.get(f), int)
-                           and not isinstance(body.get(f), bool)), None)
-        if not max_fields:
-            max_output = 0
+        max_output = output_cap(self.operation, body)
+        choices = choice_count(self.operation, body)
         try:
             ticket = gw.policy.admit(admission, rates, input_bound=len(raw),
                                      input_estimate=len(raw) // 4, max_output=max_output,
-                                     model_max_output=entry.max_output_tokens)
+                                     model_max_output=entry.max_output_tokens, choices=choices)
         except Refusal as refusal:
             raise refusal_error(refusal) from None
         self._ticket, self._rates = ticket, rates
@@ -272,17 +294,56 @@ class ProxyCall:
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                           "include_usage": True}
                 strip_usage = changed = True
-        payload = orjson.dumps(body) if changed else raw
+        try:
+            payload = orjson.dumps(body) if changed else raw
+        except orjson.JSONEncodeError:
+            raise _too_deep() from None
         self._meter = meter_for(self.dialect, self.operation, stream, strip_usage)
         await self._relay(call, provider, transport, body, payload)
+
+    async def _dry_run(self, call: Call, cell, body: dict, raw: bytes) -> None:
+        """A call inside a dry-run cell: priced as the real model would be, answered by
+        the offline fake, recorded as ``dry_run`` at no cost (no hold, no spend, no rate
+        use). The answer carries the figures in ``x-vkeys-dry-run-*`` headers."""
+        gw = self.gateway
+        figures = estimate(gw, call.record, self.operation, body, len(raw))
+        cell.add_estimate(figures)
+        routed = gw.route(figures.model)
+        call.provider = routed[1].name if routed else ""
+        call.status = "dry_run"
+        call.usage = Usage(input_uncached=figures.input_tokens)
+        call.dry_run_cost, call.dry_run_worst = figures.expected_pico, figures.worst_pico
+        call.tags["dry_run_verdict"] = figures.verdict or "allowed"
+        call.upstream_started = time.time()
+        answer = await gw.fake.send(UpstreamRequest("POST", "", {}, raw, parsed=body,
+                                                    operation=self.operation))
+        call.upstream_headers_at = time.time()
+        headers = {"content-type": answer.headers.get("content-type", "application/json"),
+                   "x-request-id": call.request_id, "x-vkeys-key-id": call.record.id,
+                   "x-vkeys-dry-run": "true",
+                   "x-vkeys-dry-run-verdict": (figures.verdict or "allowed")[:300]}
+        for name, pico in (("cost", figures.expected_pico), ("worst", figures.worst_pico)):
+            headers[f"x-vkeys-dry-run-{name}-usd"] = "unpriced" if pico is None \
+                else f"{pico / 1e12:.9f}"
+        call.http_status = answer.status
+        self.exchange.start(answer.status, list(headers.items()))
+        async for chunk in answer.chunks():
+            if call.first_byte is None:
+                call.first_byte = time.time()
+            call.response_bytes += len(chunk)
+            await self.exchange.write(chunk)
+        call.upstream_wait = call.upstream_headers_at - call.upstream_started
+        self._conclude()
+        self.exchange.finish(b"")
 
     async def _relay(self, call: Call, provider, transport, body: dict, payload: bytes) -> None:
         gw = self.gateway
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         forward = gw.forwarded_header_names
+        to_fake = gw.is_fake(transport)
         for name, value in self.exchange.header_items():
             lname = name.lower()
-            if lname in forward:
+            if lname in forward or (to_fake and lname.startswith(FAKE_HEADER_PREFIX)):
                 headers[lname] = value
         if provider.kind == "anthropic" and "anthropic-version" not in headers:
             headers["anthropic-version"] = "2023-06-01"
@@ -297,16 +358,30 @@ class ProxyCall:
         try:
             upstream = await transport.send(request)
         except UpstreamError as exc:
-            raise upstream_error(exc) from None
+            call.request_sent = exc.sent
+            raise upstream_error(self._scrubbed(exc)) from None
+        except asyncio.CancelledError:
+            call.request_sent = True  # the client left while the upstream was working
+            raise
+        call.request_sent = True
         call.upstream_headers_at = time.time()
         try:
             await self._relay_response(call, upstream)
         finally:
-            upstream.close()
+            upstream.close()  # an unfinished answer aborts the connection: the upstream stops
+
+    def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
+        """``exc`` with provider keys removed from its message (a parser's message may
+        quote what the upstream sent). Called on error paths only."""
+        scrubber = self.gateway.scrubber
+        if scrubber:
+            exc.message = scrubber.text(exc.message)
+        return exc
 
     def _response_headers(self, call: Call, upstream_headers: Iterable[tuple[str, str]]
                           ) -> list[tuple[str, str]]:
-        """The client's response headers: upstream's, filtered, plus the gateway's own."""
+        """The client's response headers: upstream's, filtered and scrubbed of provider
+        keys (see :mod:`..providers.scrub`), plus the gateway's own."""
         out = {"content-type": "application/json"}
         for name, value in upstream_headers:
             lname = name.lower()
@@ -316,7 +391,8 @@ class ProxyCall:
         out["x-vkeys-key-id"] = call.record.id
         for name, value in self._ticket.headers.items():
             out[name.lower()] = value
-        return list(out.items())
+        scrubber = self.gateway.scrubber
+        return scrubber.headers(list(out.items())) if scrubber else list(out.items())
 
     async def _relay_response(self, call: Call, upstream) -> None:
         exchange = self.exchange
@@ -324,17 +400,28 @@ class ProxyCall:
         status = upstream.status
         exchange.start(status, self._response_headers(call, upstream.headers.items()))
         if not (call.stream and status == 200):
-            parts = []
+            limit = self.gateway.max_response_bytes
+            parts, size = [], 0
             try:
                 async for chunk in upstream.chunks():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(502, "upstream", f"the upstream's answer exceeds the "
+                                       f"gateway's limit of {limit} bytes (max_response_bytes)",
+                                       event_status="upstream_error")
                     parts.append(chunk)
             except UpstreamError as exc:
-                raise upstream_error(exc) from None
+                raise upstream_error(self._scrubbed(exc)) from None
             data = b"".join(parts)
             call.first_byte = time.time()
             if status < 300:
                 meter.read_body(data)
+                if meter.usage is None and not _is_json(data):
+                    raise ApiError(502, "upstream", f"upstream answered badly: its {status} "
+                                   "answer is not valid JSON", event_status="upstream_error")
             else:
+                if self.gateway.scrubber:
+                    data = self.gateway.scrubber.data(data)
                 call.status, call.http_status = "upstream_error", status
                 call.error_type, call.error_message = "upstream_status", data[:500].decode(
                     "utf-8", "replace")
@@ -383,17 +470,36 @@ class ProxyCall:
         except UpstreamError as exc:
             # Headers are out: the client sees the stream end early, the warehouse sees why.
             call.status = "timeout" if exc.kind == "timeout" else "upstream_error"
-            call.error_type, call.error_message = exc.kind, exc.message
+            call.error_type, call.error_message = exc.kind, self._scrubbed(exc).message
             self._conclude()
             exchange.abort()
 
     def _settle(self, call: Call) -> None:
-        """Replace the hold with what the call actually cost; never raises."""
+        """Replace the hold with what the call actually cost; never raises.
+
+        A call whose request may have reached the upstream is charged what the
+        provider may bill even when no usage arrived: a client that left (before the
+        headers or mid-stream), a read timeout, a cut stream, or a complete answer
+        without usage. Then the input is estimated from the request size and the
+        output from the content events relayed (streams) or the answer's size, capped
+        by the worst case held at admission, and the event is flagged
+        ``usage_estimated``. An upstream's own error answer (4xx/5xx) costs nothing."""
         meter, rates = self._meter, self._rates
         usage = meter.usage if meter is not None else None
-        if usage is None and meter is not None and (meter.deltas or call.first_byte):
-            # Cut off before the upstream reported usage: charge what it produced.
-            usage = Usage(input_uncached=call.request_bytes // 4, output=meter.deltas)
+        billable = (meter is not None and call.request_sent
+                    and call.error_type != "upstream_status")
+        complete = call.status == "ok"
+        if billable and (usage is None or not complete):
+            known = usage or Usage()
+            if call.stream:
+                output = max(known.output, meter.deltas)
+            else:
+                output = known.output or (call.response_bytes // 4 if complete else 0)
+            usage = Usage(input_uncached=known.input_uncached if known.input_total
+                          else call.request_bytes // 4, cache_read=known.cache_read,
+                          cache_write_5m=known.cache_write_5m,
+                          cache_write_1h=known.cache_write_1h, output=output,
+                          reasoning=known.reasoning)
             call.usage_estimated = True
         if meter is not None:
             call.response_model = meter.response_model
@@ -401,6 +507,10 @@ class ProxyCall:
         call.usage = usage
         if usage is not None and rates is not None:
             cost = rates.cost(usage)
+            hold = self._ticket.hold
+            if call.usage_estimated and hold and cost.pico > hold:
+                cost = Cost(hold, {k: v * hold // cost.pico for k, v in cost.breakdown.items()},
+                            cost.price_version, cost.status)
         elif usage is not None:
             cost = Cost(0, {}, "", "unpriced")
         else:
@@ -413,8 +523,26 @@ class ProxyCall:
             log.info("budget warning: %s", "; ".join(crossed))
 
 
+def _is_json(data: bytes) -> bool:
+    """Whether ``data`` parses as JSON (asked only of 2xx answers that carried no usage)."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, "invalid_request", "request body nests JSON deeper than 255 levels; "
+                    "flatten it (no provider accepts such a request)")
+
+
 def _prompt_hash(body: dict) -> str:
-    """A short hash of the normalized prompt, for loop detection (never the text)."""
+    """A short hash of the normalized prompt, for loop detection (never the text).
+    Raises a 400 :class:`ApiError` for a prompt nested too deep to encode."""
     prompt = body.get("messages") or body.get("input") or body.get("prompt") or ""
-    return hashlib.blake2b(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS),
-                           digest_size=8).hexdigest()
+    try:
+        encoded = orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        raise _too_deep() from None
+    return hashlib.blake2b(encoded, digest_size=8).hexdigest()

@@ -216,14 +216,24 @@ class PolicyEngine:
 
     def admit(self, admission: Admission, rates: ModelRates | None, *, input_bound: int,
               input_estimate: int, max_output: int | None,
-              model_max_output: int | None = None) -> Ticket:
+              model_max_output: int | None = None, choices: int = 1,
+              reserve: bool = True) -> Ticket:
         """Check every limit on the path and, if all pass, reserve on all of them.
 
         ``input_bound`` is a true upper bound on prompt tokens (used for budget
         holds), ``input_estimate`` a realistic estimate (used for TPM).
-        ``max_output`` is the request's own output cap, or None. Raises
-        :class:`Refusal`; returns a :class:`Ticket` that must be settled.
+        ``max_output`` is the request's own output cap, or None; ``choices`` how many
+        answers it asks for (each may write up to the cap). Raises :class:`Refusal`
+        (also for negative or zero-choice figures: a negative hold would open room
+        on every scope of the path); returns a :class:`Ticket` that must be settled.
+        With ``reserve=False`` (dry runs) it only checks: the ticket reserves nothing and
+        must not be settled.
         """
+        if (input_bound < 0 or input_estimate < 0 or choices < 1
+                or (max_output is not None and max_output < 0)):
+            raise Refusal("max_tokens", 400,
+                          f"invalid request size: output cap {max_output}, {choices} choices, "
+                          f"input bound {input_bound}; caps and counts must be positive")
         now = self.clock()
         path = admission.path
         headers: dict[str, str] = {}
@@ -238,7 +248,7 @@ class PolicyEngine:
                               scope=state.name, retry_after=1.0)
 
         # 2. requests and tokens per minute
-        output_reserve = max_output or 0
+        output_reserve = (max_output or 0) * choices
         token_need = input_estimate + output_reserve
         tightest_requests: tuple[int, int, float] | None = None
         tightest_tokens: tuple[int, int, float] | None = None
@@ -287,14 +297,16 @@ class PolicyEngine:
                           "budget cap; ask an admin to configure a price for it", scope=state.name)
         ceiling = model_max_output or self.default_max_output
         effective_output = max_output if max_output is not None else ceiling
-        hold = rates.worst_case(input_bound, effective_output) if rates is not None else 0
+        hold = (rates.worst_case(input_bound, effective_output * choices)
+                if rates is not None else 0)
         if capped and max_output is None:
             room = min(budget.pico - counter.spent - counter.held for _, budget, counter in capped)
             if hold > room:
-                affordable = rates.affordable_output(room, input_bound) if rates else 0
+                affordable = (rates.affordable_output(room, input_bound) // choices
+                              if rates else 0)
                 if self.clamp_max_tokens and affordable >= 1:
                     clamped_to = effective_output = min(affordable, ceiling)
-                    hold = rates.worst_case(input_bound, effective_output)
+                    hold = rates.worst_case(input_bound, effective_output * choices)
                 elif affordable >= 1:
                     raise Refusal("max_tokens", 400,
                                   f"this request sets no max_tokens and its worst case "
@@ -315,6 +327,9 @@ class PolicyEngine:
 
         # 4. all checks passed: reserve everywhere (no awaits between check and reserve)
         ticket = Ticket(admission, rates, hold, clamped_to, now, headers=headers)
+        if not reserve:
+            ticket.settled = True  # nothing to settle
+            return ticket
         for state, policy in path:
             state.inflight += 1
             if policy.rpm is not None:
@@ -341,6 +356,7 @@ class PolicyEngine:
         if ticket.settled:
             return []
         ticket.settled = True
+        cost_pico, tokens = max(cost_pico, 0), max(tokens, 0)  # never a negative spend
         crossed: list[str] = []
         for state, _ in ticket.admission.path:
             state.inflight -= 1

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..keys import TOKEN_PREFIX
+
 log = logging.getLogger("jupyter_vkeys.providers")
 
 KINDS = ("openai", "anthropic", "fake")
@@ -96,6 +98,12 @@ def load_providers(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Provider
         if kind not in KINDS:
             raise ValueError(f"provider {name!r}: kind must be one of {', '.join(KINDS)}")
         key, source = ("", "none") if kind == "fake" else _read_secret(spec, name)
+        if key.startswith(TOKEN_PREFIX):
+            raise ValueError(
+                f"provider {name!r}: the credential in {source} is a jupyter-vkeys virtual key "
+                f"({TOKEN_PREFIX}...), not a real {kind} key; the gateway would send it "
+                "upstream. Unset it in the gateway's environment (virtual keys belong in the "
+                "clients' environment) or point the provider at the real key")
         providers[name] = ProviderConfig(
             name=name, kind=kind, base_url=str(spec.get("base_url", "")).rstrip("/"),
             auth_header=str(spec.get("auth_header", "")).lower(),

@@ -1,7 +1,11 @@
 """The gateway inside ``jupyter lab`` / ``jupyter server``: :class:`VKeysApp`.
 
-Auto-enabled on install (``jupyter-config/jupyter_server_config.d/jupyter_vkeys.json``).
-It mounts the gateway under ``{base_url}vkeys/``: the data plane as plain
+Auto-enabled on install (``jupyter-config/jupyter_server_config.d/jupyter_vkeys.json``,
+which jupyter_server reads for ``jpserver_extensions`` only: whatever else the
+extension needs, it applies itself when linked). At link time it makes
+``vkeys-provisioner`` the default provisioner of local kernels
+(:mod:`.provisioning`) and, in a personal (non-Hub) server, gives every
+authenticated request one user (:mod:`.identity`). It mounts the gateway under ``{base_url}vkeys/``: the data plane as plain
 tornado handlers that accept only virtual keys, the admin API behind Jupyter's
 own authentication. Kernels reach the same gateway through a loopback-only
 lean front (``kernel_port``), which is faster than tornado's handlers. It
@@ -15,8 +19,8 @@ Configuration: ``c.VKeysApp.*`` for the Jupyter side (below) and
 
 from __future__ import annotations
 
-import getpass
 import logging
+from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Int, List, Unicode
@@ -25,7 +29,9 @@ from ..gateway.app import gateway_handlers, make_app, proxy_routes, route_prefix
 from ..gateway.core import VKeysGateway
 from ..gateway.lean_server import LeanServer, listening_socket
 from .auth import JupyterAdminAuth, jupyter_admin_method
+from .identity import apply_personal_identity, os_user
 from .kernel_keys import KernelKeyBroker, set_active
+from .provisioning import ProvisionerNotice, restore_default, use_vkeys_provisioner
 
 log = logging.getLogger("jupyter_vkeys")
 
@@ -38,9 +44,16 @@ class VKeysApp(ExtensionApp):
     name = "jupyter_vkeys"
     load_other_extensions = True
 
-    inject_kernel_keys = Bool(True, help="Give every kernel started by this server its own "
-                                         "virtual key (OPENAI_API_KEY, ANTHROPIC_API_KEY and "
-                                         "base URLs in its environment).").tag(config=True)
+    inject_kernel_keys = Bool(True, help=(
+        "Give every local kernel started by this server its own virtual key (OPENAI_API_KEY, "
+        "ANTHROPIC_API_KEY, base URLs and NO_PROXY in its environment). The extension makes "
+        "its provisioner the default of local kernels itself; False leaves kernels without "
+        "keys (provider keys are still removed from their environment).")).tag(config=True)
+    personal_user = Unicode("", help=(
+        "In a personal (non-Hub) server, the one user every authenticated request belongs "
+        "to (token, password or cookie), so one person has one personal key and one budget. "
+        "Default: the OS user. Not applied under JupyterHub or when "
+        "ServerApp.identity_provider_class is configured.")).tag(config=True)
     default_policy = Dict({"budgets": [{"usd": 20, "period": "month", "soft": 0.8}]}, help=(
         "Policy of a user's personal key, created at their first kernel start (same shape as "
         "the admin API: models, rpm, tpm, max_concurrency, budgets).")).tag(config=True)
@@ -71,15 +84,20 @@ class VKeysApp(ExtensionApp):
         "gateway_url is set.")).tag(config=True)
 
     kernel_front: LeanServer | None = None
+    previous_provisioner: str | None = None
+    user_name: str = ""
+
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Called by jupyter_server when it links extensions, before it builds its kernel
+        manager and identity provider: apply what the installed config cannot carry."""
+        super()._link_jupyter_server_extension(serverapp)
+        _share_server_log(serverapp)
+        self.previous_provisioner = use_vkeys_provisioner(serverapp)
+        self.user_name = apply_personal_identity(serverapp, self.personal_user)
 
     def initialize_settings(self) -> None:
         """Build the gateway from config (started later, in the async start hook)."""
-        ours = logging.getLogger("jupyter_vkeys")
-        if not ours.handlers and self.serverapp is not None:
-            # Our log lines go out like the server's own, with its handlers and level.
-            for handler in self.serverapp.log.handlers:
-                ours.addHandler(handler)
-            ours.setLevel(self.serverapp.log.level)
+        _share_server_log(self.serverapp)
         self.gateway = VKeysGateway(parent=self, config=self.config)
         self.settings["vkeys_admin_users"] = set(self.admin_users)
         self.settings["vkeys_gateway"] = self.gateway
@@ -97,14 +115,19 @@ class VKeysApp(ExtensionApp):
         self.provider_variables = [spec.get("api_key_env", "") for spec in
                                    self.gateway.providers.values()
                                    if isinstance(spec, dict) and spec.get("api_key_env")]
-        if self.inject_kernel_keys:
+        ProvisionerNotice(serverapp).listen()
+        if not self.inject_kernel_keys:
+            set_active(None, reason="kernel keys are off (c.VKeysApp.inject_kernel_keys)")
+            log.info("jupyter-vkeys: kernel keys are off (c.VKeysApp.inject_kernel_keys); "
+                     "kernels start without a virtual key")
+        else:
             url = self.gateway_url or await self._kernel_url(serverapp)
             broker = KernelKeyBroker(
                 self.gateway, url=url, root_dir=serverapp.root_dir, projects=self.projects,
                 marker=self.project_marker, default_policy=self.default_policy,
                 project_policy=self.project_policy,
                 denylist=[*self.kernel_env_denylist, *self.provider_variables],
-                default_user=_os_user())
+                default_user=self.user_name or self.personal_user or os_user())
             set_active(broker)
             self.broker = broker
             try:
@@ -139,13 +162,16 @@ class VKeysApp(ExtensionApp):
     async def stop_extension(self) -> None:
         """Called by jupyter_server at shutdown: close the gateway cleanly."""
         set_active(None)
+        restore_default(self.previous_provisioner)
         if self.kernel_front is not None:
             self.kernel_front.stop()
         await self.gateway.stop()
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "jupyter"
+def _share_server_log(serverapp: Any) -> None:
+    """Our log lines go out like the server's own, with its handlers and level."""
+    ours = logging.getLogger("jupyter_vkeys")
+    if not ours.handlers and serverapp is not None:
+        for handler in serverapp.log.handlers:
+            ours.addHandler(handler)
+        ours.setLevel(serverapp.log.level)

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 from ..gateway.core import VKeysGateway
 from ..keys import KeyRecord
@@ -113,12 +114,17 @@ class KernelKeyBroker:
 
     # -- parent keys ---------------------------------------------------------------------
     def _find(self, kind: str, **attrs: str) -> KeyRecord | None:
+        """The active key of this kind and attributes; else the newest revoked or expired
+        one, so a revocation holds (the kernel's key is refused, saying why) instead of a
+        fresh key with a fresh default budget taking its place."""
         now = self.gateway.clock()
-        for record in self.gateway.registry.records.values():
-            if (record.metadata.get("kind") == kind and record.state(now) == "active"
-                    and all(getattr(record, k) == v for k, v in attrs.items())):
+        found = [record for record in self.gateway.registry.records.values()
+                 if record.metadata.get("kind") == kind
+                 and all(getattr(record, k) == v for k, v in attrs.items())]
+        for record in found:
+            if record.state(now) == "active":
                 return record
-        return None
+        return max(found, key=lambda r: r.created_at, default=None)
 
     def user_key(self, user: str) -> KeyRecord:
         """The user's personal key, created with the default policy on first use."""
@@ -147,18 +153,21 @@ class KernelKeyBroker:
         env = strip_secrets(env, self.denylist)
         notebook = self.relative_path(env.get("JPY_SESSION_NAME", ""))
         current = self.kernels.get(kernel_id)
-        if current is not None and self.gateway.registry.get(current.key_id) is not None:
+        record = self.gateway.registry.get(current.key_id) if current is not None else None
+        if record is not None and record.state(self.gateway.clock()) == "active":
             if notebook and notebook != current.notebook_path:
                 self._set_notebook(current, notebook)
         else:
             current = self.kernels[kernel_id] = self._mint(kernel_id, notebook,
                                                            user or self.default_user)
+        openai_base = f"{self.url}/openai/v1"
         env.update({
-            "OPENAI_API_KEY": current.token, "OPENAI_BASE_URL": f"{self.url}/openai/v1",
+            "OPENAI_API_KEY": current.token, "OPENAI_BASE_URL": openai_base,
+            "OPENAI_API_BASE": openai_base,  # llama-index and pre-1.0 clients read this one
             "ANTHROPIC_API_KEY": current.token, "ANTHROPIC_BASE_URL": f"{self.url}/anthropic",
             "VKEYS_URL": self.url, "VKEYS_KEY_ID": current.key_id,
         })
-        return env
+        return bypass_proxy(env, self.url)
 
     def _mint(self, kernel_id: str, notebook: str, user: str) -> KernelKey:
         project = self.project_of(notebook) if notebook else ""
@@ -192,6 +201,21 @@ class KernelKeyBroker:
             self.gateway.registry.revoke(kernel.key_id, actor=ACTOR)
 
 
+def bypass_proxy(env: dict[str, str], url: str) -> dict[str, str]:
+    """``env`` with the gateway's host in ``NO_PROXY`` and ``no_proxy`` (both spellings:
+    clients read one or the other), so an ``HTTPS_PROXY`` set for the machine never
+    carries a virtual key to a proxy. Called for every kernel environment."""
+    host = urlsplit(url).hostname or ""
+    if not host:
+        return env
+    for name in ("NO_PROXY", "no_proxy"):
+        entries = [e.strip() for e in env.get(name, "").split(",") if e.strip()]
+        if host not in entries:
+            entries.append(host)
+        env[name] = ",".join(entries)
+    return env
+
+
 def strip_secrets(env: dict[str, str], denylist: Iterable[str] = ()) -> dict[str, str]:
     """A copy of ``env`` without provider keys and gateway secrets (names or globs)."""
     patterns = tuple(ALWAYS_STRIPPED) + tuple(denylist)
@@ -199,8 +223,10 @@ def strip_secrets(env: dict[str, str], denylist: Iterable[str] = ()) -> dict[str
             if not any(fnmatch.fnmatchcase(name, p) for p in patterns)}
 
 
-# The broker of the extension running in this process (None outside a Jupyter server).
+# The broker of the extension running in this process (None outside a Jupyter server),
+# and why there is none (said by the provisioner when a kernel starts without a key).
 ACTIVE: KernelKeyBroker | None = None
+NO_BROKER_REASON = "no gateway runs in this process"
 
 
 def active_broker() -> KernelKeyBroker | None:
@@ -208,7 +234,9 @@ def active_broker() -> KernelKeyBroker | None:
     return ACTIVE
 
 
-def set_active(broker: KernelKeyBroker | None) -> None:
-    """Called by the extension when it starts (and with None when it stops)."""
-    global ACTIVE
+def set_active(broker: KernelKeyBroker | None, reason: str = "") -> None:
+    """Called by the extension when it starts (and with None when it stops, or when kernel
+    keys are turned off: ``reason`` then says so)."""
+    global ACTIVE, NO_BROKER_REASON
     ACTIVE = broker
+    NO_BROKER_REASON = reason or "no gateway runs in this process"

@@ -1,14 +1,15 @@
 """The kernel provisioner that gives every local kernel its own virtual key.
 
 Registered as ``vkeys-provisioner`` under the ``jupyter_client.kernel_provisioners``
-entry point and made the default by the extension's config
-(``c.KernelProvisionerFactory.default_provisioner_name``), so it sees every
-local kernel start: from notebooks, ``POST /api/kernels``, nbclient or papermill
-in the server's process. It extends :class:`LocalProvisioner` and changes only
+entry point and made the default of local kernels by the extension when jupyter_server
+links it (:mod:`.provisioning`), so it sees every local kernel start: from notebooks,
+``POST /api/sessions`` and ``POST /api/kernels``, restarts, nbclient or papermill in
+the server's process. It extends :class:`LocalProvisioner` and changes only
 the environment:
 
 - ``pre_launch`` (start and restart): provider secrets removed; a child key,
-  ``OPENAI_*``/``ANTHROPIC_*`` variables and ``VKEYS_URL`` added;
+  ``OPENAI_*``/``ANTHROPIC_*`` variables, ``VKEYS_URL`` and the gateway host in
+  ``NO_PROXY`` added;
 - ``cleanup(restart=False)``: the kernel's key is revoked.
 
 Outside a server running the extension (no broker in this process) it still
@@ -23,6 +24,7 @@ from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
 
+from . import kernel_keys
 from .kernel_keys import active_broker, strip_secrets
 
 log = logging.getLogger("jupyter_vkeys.kernels")
@@ -40,6 +42,15 @@ def _requesting_user() -> str:
         return ""
 
 
+CELLS_EXTENSION_ARG = "--IPKernelApp.extra_extensions=jupyter_vkeys.kernel.cells"
+
+
+def _is_ipykernel(spec: Any) -> bool:
+    """Whether a kernelspec starts ipykernel (the cell-cost extension needs IPython)."""
+    argv = getattr(spec, "argv", None) or []
+    return any("ipykernel" in str(part) for part in argv[:4])
+
+
 class VKeysProvisioner(LocalProvisioner):
     """A local kernel with its own virtual key in its environment."""
 
@@ -48,11 +59,15 @@ class VKeysProvisioner(LocalProvisioner):
         env = dict(kwargs.get("env") or os.environ)
         broker = active_broker()
         if broker is None:
-            log.warning("jupyter-vkeys: no gateway runs in this process; kernel %s starts "
-                        "without a virtual key", self.kernel_id)
+            log.warning("jupyter-vkeys: %s; kernel %s starts without a virtual key",
+                        kernel_keys.NO_BROKER_REASON, self.kernel_id)
             kwargs["env"] = strip_secrets(env)
         else:
             kwargs["env"] = broker.launch_env(self.kernel_id, env, _requesting_user())
+            if _is_ipykernel(self.kernel_spec):
+                # cost per cell and %%vkeys dry_run (other languages: key and env only)
+                kwargs["extra_arguments"] = [*kwargs.get("extra_arguments", []),
+                                             CELLS_EXTENSION_ARG]
         return await super().pre_launch(**kwargs)
 
     async def cleanup(self, restart: bool = False) -> None:

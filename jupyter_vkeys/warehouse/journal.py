@@ -15,6 +15,7 @@ process stays small.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -23,8 +24,42 @@ from typing import Any
 
 import orjson
 
+log = logging.getLogger("jupyter_vkeys.warehouse")
+
 OPEN_SUFFIX = ".open"
 CLOSED_SUFFIX = ".jsonl"
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` reduced to what a journal line can always hold: int64 integers, finite
+    floats, strings, booleans and None (containers become their JSON text, or ``repr``)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return min(max(value, _INT64[0]), _INT64[1])
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    try:
+        return orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(value)[:2000]
+
+
+def encode_row(row: dict[str, Any]) -> bytes:
+    """One row as a JSON line. Never raises: a row orjson cannot encode (an integer past
+    64 bits, JSON nested past 255 levels, an odd type) is written with each offending
+    value reduced by :func:`_plain` (and a warning logged), so a recorded call is never
+    lost to its own contents."""
+    try:
+        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        log.warning("journal: row %s written with values reduced (%s)",
+                    row.get("request_id") or row.get("event_id") or "?", exc)
+        clean = {str(k): _plain(v) for k, v in row.items()}
+        return orjson.dumps(clean, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def segment_id_of(path: Path) -> str:
@@ -80,13 +115,12 @@ class Journal:
 
     def append(self, dataset: str, row: dict[str, Any]) -> None:
         """Write one row as a JSON line (one ``write`` to the OS; no fsync here)."""
-        self.write(dataset, orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+        self.write(dataset, encode_row(row))
 
     def append_many(self, dataset: str, rows: list[dict[str, Any]]) -> None:
         """Write several rows with one ``write`` (carried-forward holds, recovery)."""
         if rows:
-            self.write(dataset, b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE)
-                                         for r in rows))
+            self.write(dataset, b"".join(encode_row(r) for r in rows))
 
     def write(self, dataset: str, data: bytes) -> None:
         """Append already-encoded JSON lines."""

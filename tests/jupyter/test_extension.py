@@ -11,6 +11,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from jupyter_vkeys.server_extension.identity import os_user
+
 
 KERNEL_CODE = textwrap.dedent("""
     import os, json, openai, anthropic
@@ -63,6 +65,7 @@ def test_session_kernel_uses_injected_key_with_attribution(
         started, jp_serverapp, jp_fetch, jp_root_dir, jp_asyncio_loop, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-real-server-env-SECRET-42")  # a real key in env
     (jp_root_dir / "projects" / "churn").mkdir(parents=True)
+    (jp_root_dir / "projects" / "churn" / ".vkeys.toml").write_text('project = "churn"\n')
     gateway = started.gateway
 
     async def scenario():
@@ -87,9 +90,9 @@ def test_session_kernel_uses_injected_key_with_attribution(
     assert result["me_state"] == "active"
     events = [e for e in gateway.sink.events if e["status"] == "ok"]
     assert {e["operation"] for e in events} == {"chat.completions", "messages"}
-    assert username == "alice"
+    assert username == os_user(), "a token request is the server's one personal user"
     for event in events:
-        assert event["user"] == "alice"
+        assert event["user"] == os_user()
         assert event["project"] == "churn"
         assert event["kernel_id"] == kernel_id
         assert event["notebook_path"] == "projects/churn/model.ipynb"
@@ -122,7 +125,8 @@ def test_personal_key_restart_reuses_key_and_api_kernels(
     child = registry.get(first.split("_")[0][3:])
     parent = registry.get(child.parent_id)
     assert parent.metadata["kind"] == "user" and child.project == ""
-    assert parent.policy == {"budgets": [{"usd": 5.0, "period": "month"}]}
+    assert parent.policy == {"budgets": [{"usd": 20.0, "period": "month", "soft": 0.8}]}
+    assert parent.owner == os_user()
     assert child.revoked_at is not None
 
 
@@ -209,15 +213,23 @@ def test_quickstart_notebook_runs_with_nbclient(started, jp_root_dir, jp_asyncio
     path = folder / "quickstart.ipynb"
     nb = nbformat.read(Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb",
                        as_version=4)
+    # nbclient in the server's process picks the extension's default provisioner itself.
     monkeypatch.setenv("JPY_SESSION_NAME", str(path))
-    # How papermill/nbclient runs pick the provisioner (no server config reaches them):
-    monkeypatch.setenv("JUPYTER_DEFAULT_PROVISIONER_NAME", "vkeys-provisioner")
     client = NotebookClient(nb, kernel_name="python3", timeout=120,
                             resources={"metadata": {"path": str(folder)}})
     jp_asyncio_loop.run_until_complete(client.async_execute())
-    text = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
-    assert "output tokens: 8" in text and "output tokens: 6" in text
-    assert "project:reporting" in text and "vk-" in text
+    outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"], outputs
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "output tokens: 8" in text and "output tokens: 6" in text and "vk-" in text
+    # me() and %vkeys render as HTML (money kept away from MathJax) and as text.
+    rich = [o["data"] for o in outputs if "text/html" in o.get("data", {})]
+    assert len(rich) == 2, outputs
+    for data in rich:
+        assert "project:reporting" in data["text/plain"] and "reports/quickstart" in \
+            data["text/plain"]
+        assert data["text/html"].startswith("<div class='mathjax_ignore")
+        assert "project:reporting" in data["text/html"]
     events = [e for e in started.gateway.sink.events if e["status"] == "ok"]
     assert len(events) == 2
     assert all(e["project"] == "reporting" and e["notebook_path"] == "reports/quickstart.ipynb"

@@ -1,5 +1,8 @@
 """The installed package auto-enables the extension: a fresh virtual environment gets the
-wheel, `jupyter server extension list` shows it enabled, and the data plane answers."""
+wheel, `jupyter server extension list` shows it enabled, the data plane answers, and a
+notebook's kernel started through `POST /api/sessions` calls a model with the key it was
+given (over the kernel's websocket), attributed in the warehouse to user, kernel and
+notebook."""
 
 from __future__ import annotations
 
@@ -14,9 +17,22 @@ import time
 import urllib.request
 from pathlib import Path
 
+import asyncio
+
 import openai
 
+from jupyter_vkeys.server_extension.identity import os_user
+from servers import ws_execute
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+KERNEL_CALL = """
+import openai
+reply = openai.OpenAI(max_retries=0).chat.completions.create(
+    model="gpt-4o-mini", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+print("REPLY-TOKENS", reply.usage.completion_tokens)
+"""
 
 
 def _free_port() -> int:
@@ -57,7 +73,8 @@ def test_wheel_in_fresh_venv_auto_enables(tmp_path):
     port, token = _free_port(), "install-test-token"
     server = subprocess.Popen(
         [str(python), "-m", "jupyter_server", f"--port={port}", "--no-browser",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+         f"--IdentityProvider.token={token}",  # as-installed-ok: the token, as users pass it
+         f"--ServerApp.root_dir={tmp_path}",
          "--ServerApp.allow_unauthenticated_access=False", "--allow-root"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}/vkeys"
@@ -77,17 +94,32 @@ def test_wheel_in_fresh_venv_auto_enables(tmp_path):
             raise AssertionError("no answer from the extension: " + server.communicate()[0][-3000:])
         assert server.poll() is None, server.communicate()[0][-3000:]
         assert health["providers"]["openai"] == "fake"
+        auth = {"Authorization": f"token {token}"}
         request = urllib.request.Request(base + "/api/keys", method="POST", data=b'{"owner": "u"}',
-                                         headers={"Authorization": f"token {token}"})
+                                         headers=auth)
         with urllib.request.urlopen(request, timeout=10) as resp:
             key = json.loads(resp.read())["key"]
         reply = openai.OpenAI(api_key=key, base_url=base + "/openai/v1", max_retries=0
                               ).chat.completions.create(
             model="gpt-4o-mini", max_tokens=2, messages=[{"role": "user", "content": "x"}])
         assert reply.usage.completion_tokens == 2
+        # A notebook's kernel, as a frontend starts it: it has its key with nothing configured.
+        session = json.loads(urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/sessions", method="POST", headers=auth,
+            data=json.dumps({"path": "analysis/first.ipynb", "type": "notebook",
+                             "kernel": {"name": "python3"}}).encode()), timeout=60).read())
+        kernel_id = session["kernel"]["id"]
+        output = asyncio.run(ws_execute(f"http://127.0.0.1:{port}", token, kernel_id, KERNEL_CALL))
+        assert output["status"] == "ok" and not output["errors"], output
+        assert "REPLY-TOKENS 3" in output["text"], output
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=30)
     assert "Traceback" not in output, output[-3000:]
+    from jupyter_vkeys.warehouse.readers import read_table
+    events = [e for e in read_table("events", tmp_path / "data" / "vkeys").to_pylist()
+              if e["kernel_id"] == kernel_id]
+    assert [(e["status"], e["user"], e["notebook_path"]) for e in events] == [
+        ("ok", os_user(), "analysis/first.ipynb")], events
     assert "without @allow_unauthenticated" not in output or "vkeys" not in output.split(
         "without @allow_unauthenticated", 1)[1][:2000]

@@ -1,0 +1,109 @@
+"""A real browser: ``jupyter lab`` as installed, Debian's chromium driven by Playwright.
+
+Opens ``notebooks/quickstart.ipynb``, runs every cell from the menu (Run > Run All
+Cells) and reads the rendered page: the fake model's reply, the spend summary that
+``jupyter_vkeys.me()`` and ``%vkeys`` render (a bar per cap, money not turned into
+math), and no error output. A screenshot of the executed notebook is saved (its path
+is printed) and copied to ``/work/screenshots/`` when that folder exists.
+
+Needs ``/usr/bin/chromium`` (``.ci/run`` installs it with apt-get) and the
+``playwright`` Python package only: never ``playwright install``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import openai
+import pytest
+
+from servers import JupyterProcess
+
+CHROMIUM = Path("/usr/bin/chromium")
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
+SHARED_SCREENSHOTS = Path("/work/screenshots")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        "--disable-dev-shm-usage"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300),
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium "
+                                 "(apt-get install -y chromium; .ci/run does)")]
+
+
+def _expected_reply(server: JupyterProcess) -> str:
+    """What the deterministic fake answers the notebook's first call (same request)."""
+    status, created = server.request("POST", "/vkeys/api/keys", {"owner": "browser-test"})
+    assert status in (200, 201), created
+    reply = openai.OpenAI(api_key=created["key"], base_url=server.base + "/vkeys/openai/v1",
+                          max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", max_tokens=8,
+        messages=[{"role": "user", "content": "Say hello to the notebook"}])
+    return reply.choices[0].message.content
+
+
+def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / "quickstart.ipynb")
+    shot = tmp_path / "quickstart.png"
+    with JupyterProcess("lab", tmp_path, root=root) as server, \
+            sync_api.sync_playwright() as pw:
+        expected = _expected_reply(server)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 2200})
+            page.goto(f"{server.base}/lab/tree/quickstart.ipynb?token={server.token}",
+                      timeout=90_000)
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            # The kernel is up when the toolbar's status says so.
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                                   timeout=90_000)
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+            # Done when the last cells (%vkeys, the dry run, the estimate) have rendered.
+            page.wait_for_function(
+                "document.querySelectorAll('.jp-OutputArea-output .vkeys-report').length >= 2"
+                " && document.querySelector('.jp-OutputArea-output .vkeys-estimate')",
+                timeout=120_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                                   timeout=60_000)
+            text = page.locator(".jp-Notebook").inner_text()
+            errors = page.locator(".jp-OutputArea-output[data-mime-type="
+                                  "'application/vnd.jupyter.stderr'], .jp-RenderedText"
+                                  "[data-mime-type='application/vnd.jupyter.error']")
+            error_texts = [errors.nth(i).inner_text() for i in range(errors.count())]
+            reports = page.locator(".jp-OutputArea-output .vkeys-report")
+            report_texts = [reports.nth(i).inner_text() for i in range(reports.count())]
+            bars = page.locator(".jp-OutputArea-output .vkeys-report .vkeys-bar").count()
+            math = page.locator(".jp-OutputArea-output .vkeys-report mjx-container, "
+                                ".vkeys-cell-cost mjx-container, .vkeys-dry-run mjx-container"
+                                ).count()
+            cost_lines = page.locator(".jp-OutputArea-output .vkeys-cell-cost")
+            cost_texts = [cost_lines.nth(i).inner_text() for i in range(cost_lines.count())]
+            dry_run = page.locator(".jp-OutputArea-output .vkeys-dry-run").inner_text()
+            estimate = page.locator(".jp-OutputArea-output .vkeys-estimate").inner_text()
+            page.locator(".jp-OutputArea-output .vkeys-report").last.scroll_into_view_if_needed()
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    print(f"\nscreenshot of the executed notebook: {shot}")
+    if SHARED_SCREENSHOTS.is_dir():
+        shutil.copy(shot, SHARED_SCREENSHOTS / "quickstart.png")
+
+    assert not error_texts, error_texts
+    assert expected and expected in text, (expected, text[:3000])
+    assert "output tokens: 8" in text and "output tokens: 6" in text
+    assert "/vkeys/openai/v1" in text and "vk-" in text
+    assert len(report_texts) == 2 and bars >= 2 and math == 0, (report_texts, bars, math)
+    assert len(cost_texts) == 2, cost_texts  # the two cells that called a model
+    assert all("1 call" in t and "left" in t for t in cost_texts), cost_texts
+    assert "gpt-4o" in dry_run and "worst case" in dry_run and "nothing spent" in dry_run
+    assert "3" in dry_run and "allowed" in dry_run, dry_run
+    assert "claude-sonnet-4-5" in estimate and "worst case" in estimate, estimate
+    for report in report_texts:
+        assert "$20.00 / month" in report, report  # dollars as typed, not MathJax
+        assert "spent $0.0" in report and "resets in" in report, report
+        assert "quickstart.ipynb" in report, report

@@ -217,6 +217,8 @@ def openapi_document(api_url: str = "/vkeys/api") -> dict[str, Any]:
             "summary": "The calling virtual key: its record and its own scopes' limits",
             "security": [{"virtualKey": []}],
             "responses": {"200": _ok(_ref("KeyReport")),
+                          "400": _error("A header the server cannot take (for example "
+                                        "'Authorization: Bearer ' with nothing after it)."),
                           "401": _error("No, malformed, unknown, revoked or expired key.")}}},
         "/cells": {"post": {
             "summary": "A kernel's cell starts (its key's calls belong to it) or ends (its "

@@ -45,23 +45,7 @@ def _display(report: UsageReport) -> None:
 def register_magic(ipython: Any) -> None:
     """Register the ``%vkeys`` line magic on an IPython shell (``%load_ext``)."""
     def vkeys(line: str = "") -> None:
-        """%vkeys: this kernel's virtual key, limits, spend and when each window resets.
-        %vkeys quiet / %vkeys loud: turn the cost line under cells off / on."""
-        from . import cells
-
-        word = line.strip()
-        if word in ("quiet", "loud"):
-            if cells.ACTIVE is None:
-                print("jupyter-vkeys: this kernel reports no cell costs (no key, or not "
-                      "started by the vkeys provisioner)")
-            else:
-                cells.ACTIVE.quiet = word == "quiet"
-                print(f"jupyter-vkeys: cost lines under cells {'off' if cells.ACTIVE.quiet else 'on'}")
-            return
-        if word:
-            print(f"jupyter-vkeys: unknown %vkeys argument {word!r} (try: %vkeys, "
-                  "%vkeys quiet, %vkeys loud)")
-            return
+        """%vkeys: this kernel's virtual key, limits, spend and when each window resets."""
         try:
             _display(me())
         except VKeysError as exc:

@@ -29,7 +29,6 @@ from ..gateway.app import gateway_handlers, make_app, proxy_routes, route_prefix
 from ..gateway.core import VKeysGateway
 from ..gateway.lean_server import LeanServer, listening_socket
 from .auth import JupyterAdminAuth, jupyter_admin_method
-from .cells import CellLedger, cell_handlers
 from .identity import apply_personal_identity, os_user
 from .kernel_keys import KernelKeyBroker, set_active
 from .provisioning import ProvisionerNotice, restore_default, use_vkeys_provisioner
@@ -84,13 +83,6 @@ class VKeysApp(ExtensionApp):
         "port; -1 turns it off, and kernels use this server's own URL + /vkeys. Unused when "
         "gateway_url is set.")).tag(config=True)
 
-    cell_costs = Bool(True, help=(
-        "Cost per cell: ipykernel kernels load a small IPython extension that tells the "
-        "gateway when each cell starts and ends (with the kernel's own key) and prints one "
-        "quiet line under a cell that called a model: calls, tokens, cost, and what is left "
-        "of the tightest budget window (`%vkeys quiet` turns the line off in a kernel). "
-        "Kernels of other languages get their key without it.")).tag(config=True)
-
     kernel_front: LeanServer | None = None
     previous_provisioner: str | None = None
     user_name: str = ""
@@ -107,7 +99,6 @@ class VKeysApp(ExtensionApp):
         """Build the gateway from config (started later, in the async start hook)."""
         _share_server_log(self.serverapp)
         self.gateway = VKeysGateway(parent=self, config=self.config)
-        self.ledger = CellLedger(self.gateway)
         self.settings["vkeys_admin_users"] = set(self.admin_users)
         self.settings["vkeys_gateway"] = self.gateway
 
@@ -115,8 +106,6 @@ class VKeysApp(ExtensionApp):
         """Mount the gateway's routes (ExtensionApp prefixes them with base_url)."""
         self.handlers.extend(gateway_handlers(self.gateway, admin_auth=JupyterAdminAuth,
                                               admin_decorate=jupyter_admin_method))
-        self.handlers.extend(cell_handlers(route_prefix(self.gateway), self.gateway,
-                                           self.ledger))
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         """Called by jupyter_server once its loop runs: open store and warehouse, set up
@@ -138,8 +127,7 @@ class VKeysApp(ExtensionApp):
                 marker=self.project_marker, default_policy=self.default_policy,
                 project_policy=self.project_policy,
                 denylist=[*self.kernel_env_denylist, *self.provider_variables],
-                default_user=self.user_name or self.personal_user or os_user(),
-                cell_costs=self.cell_costs)
+                default_user=self.user_name or self.personal_user or os_user())
             set_active(broker)
             self.broker = broker
             try:
@@ -162,10 +150,8 @@ class VKeysApp(ExtensionApp):
             log.warning("jupyter-vkeys: kernel_port %s unavailable (%s); kernels use %s",
                         self.kernel_port, exc, own)
             return own
-        app = make_app(self.gateway, admin=False)
-        app.add_handlers(r".*", cell_handlers(route_prefix(self.gateway), self.gateway,
-                                              self.ledger))
-        self.kernel_front = LeanServer(self.gateway, app, proxy_routes(self.gateway))
+        self.kernel_front = LeanServer(self.gateway, make_app(self.gateway, admin=False),
+                                       proxy_routes(self.gateway))
         port = await self.kernel_front.listen(sock)
         return route_prefix(self.gateway, f"http://127.0.0.1:{port}")
 

@@ -69,8 +69,7 @@ class KernelKeyBroker:
                  projects: dict[str, str] | None = None, marker: str = ".vkeys.toml",
                  default_policy: dict[str, Any] | None = None,
                  project_policy: dict[str, Any] | None = None,
-                 denylist: Iterable[str] = (), default_user: str = "",
-                 cell_costs: bool = True) -> None:
+                 denylist: Iterable[str] = (), default_user: str = "") -> None:
         self.gateway = gateway
         self.url = url.rstrip("/")
         self.root_dir = Path(root_dir).resolve()
@@ -80,7 +79,6 @@ class KernelKeyBroker:
         self.project_policy = dict(project_policy or {})
         self.denylist = tuple(denylist)
         self.default_user = default_user
-        self.cell_costs = cell_costs
         self.kernels: dict[str, KernelKey] = {}
 
     # -- where a notebook belongs ------------------------------------------------------
@@ -201,18 +199,6 @@ class KernelKeyBroker:
         kernel = self.kernels.pop(kernel_id, None)
         if kernel is not None and self.gateway.registry.get(kernel.key_id) is not None:
             self.gateway.registry.revoke(kernel.key_id, actor=ACTOR)
-
-
-CELL_EXTENSION = "jupyter_vkeys.kernel.cells"
-
-
-def with_cell_extension(cmd: list[str]) -> list[str]:
-    """An ipykernel command line that also loads the cell-cost IPython extension (through
-    ``IPKernelApp.extra_extensions``, which adds to the user's own ``extensions``); other
-    kernels' commands unchanged. Called by the provisioner after building the command."""
-    if not any("ipykernel" in str(arg) for arg in cmd):
-        return cmd
-    return [*cmd, f"--IPKernelApp.extra_extensions={CELL_EXTENSION}"]
 
 
 def bypass_proxy(env: dict[str, str], url: str) -> dict[str, str]:

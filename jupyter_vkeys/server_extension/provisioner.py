@@ -10,7 +10,6 @@ the environment:
 - ``pre_launch`` (start and restart): provider secrets removed; a child key,
   ``OPENAI_*``/``ANTHROPIC_*`` variables, ``VKEYS_URL`` and the gateway host in
   ``NO_PROXY`` added;
-- ipykernel command lines also load :mod:`jupyter_vkeys.kernel.cells` (cost per cell);
 - ``cleanup(restart=False)``: the kernel's key is revoked.
 
 Outside a server running the extension (no broker in this process) it still
@@ -26,7 +25,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 
 from . import kernel_keys
-from .kernel_keys import active_broker, strip_secrets, with_cell_extension
+from .kernel_keys import active_broker, strip_secrets
 
 log = logging.getLogger("jupyter_vkeys.kernels")
 
@@ -56,10 +55,7 @@ class VKeysProvisioner(LocalProvisioner):
             kwargs["env"] = strip_secrets(env)
         else:
             kwargs["env"] = broker.launch_env(self.kernel_id, env, _requesting_user())
-        kwargs = await super().pre_launch(**kwargs)
-        if broker is not None and broker.cell_costs and kwargs.get("cmd"):
-            kwargs["cmd"] = with_cell_extension(list(kwargs["cmd"]))
-        return kwargs
+        return await super().pre_launch(**kwargs)
 
     async def cleanup(self, restart: bool = False) -> None:
         """Called by the kernel manager after the kernel stopped; revokes its key unless

@@ -149,8 +149,8 @@ class JupyterProcess:
 
 async def ws_execute(base: str, token: str, kernel_id: str, code: str,
                      timeout: float = 90) -> dict[str, Any]:
-    """Send one ``execute_request`` on ``/api/kernels/{id}/channels`` and collect its
-    output (streams, and the text of displays) and errors until the kernel is idle."""
+    """Send one ``execute_request`` on ``/api/kernels/{id}/channels`` and collect stream
+    output and errors until the kernel is idle again."""
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
 
@@ -183,8 +183,6 @@ async def ws_execute(base: str, token: str, kernel_id: str, code: str,
             kind = msg["header"]["msg_type"]
             if kind == "stream":
                 text.append(msg["content"]["text"])
-            elif kind in ("display_data", "execute_result"):
-                text.append(msg["content"]["data"].get("text/plain", "") + "\n")
             elif kind == "error":
                 errors.append("\n".join(msg["content"]["traceback"]))
             elif kind == "execute_reply":
@@ -199,4 +197,4 @@ async def ws_execute(base: str, token: str, kernel_id: str, code: str,
 def result_of(output: dict[str, Any]) -> dict[str, Any]:
     """The JSON a kernel printed after ``RESULT`` (asserting the cell ran cleanly)."""
     assert output["status"] == "ok" and not output["errors"], output
-    return json.loads(output["text"].split("RESULT", 1)[1].splitlines()[0])
+    return json.loads(output["text"].split("RESULT", 1)[1])

@@ -57,12 +57,10 @@ def test_rest_kernels_get_keys_and_one_identity(command, tmp_path):
     with JupyterProcess(command, tmp_path, env=env) as server:
         session = server.start_session("reports/q3.ipynb")
         kernel_id = session["kernel"]["id"]
-        checked = server.execute(kernel_id, KERNEL_CHECK)
-        result = result_of(checked)
+        result = result_of(server.execute(kernel_id, KERNEL_CHECK))
         other = server.start_session("scratch.ipynb")
         bare = server.start_kernel()
-        bare_output = server.execute(bare["id"], ENV_ONLY)
-        bare_env = result_of(bare_output)
+        bare_env = result_of(server.execute(bare["id"], ENV_ONLY))
         other_env = result_of(server.execute(other["kernel"]["id"], ENV_ONLY))
         identities = {server.request("GET", "/api/me")[1]["identity"]["username"]
                       for _ in range(3)}
@@ -72,11 +70,6 @@ def test_rest_kernels_get_keys_and_one_identity(command, tmp_path):
         log = server.log()
 
     assert identities == {os_user()}, "every token request is the one personal user"
-    # Cost per cell: one quiet line under the cell that called models, none elsewhere.
-    cost_lines = [line for line in checked["text"].splitlines() if line.startswith("vkeys · ")]
-    assert len(cost_lines) == 1, checked
-    assert re.fullmatch(r"vkeys · 2 calls · \d+ tokens · \$0\.0\d+ this cell", cost_lines[0])
-    assert "vkeys · " not in bare_output["text"]
     assert refused == 403, "unauthenticated requests stay refused"
     env = result["env"]
     assert result["openai_tokens"] == 5 and result["anthropic_tokens"] == 4

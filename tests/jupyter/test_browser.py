@@ -1,9 +1,9 @@
 """A real browser: ``jupyter lab`` as installed, Debian's chromium driven by Playwright.
 
 Opens ``notebooks/quickstart.ipynb``, runs every cell from the menu (Run > Run All
-Cells) and reads the rendered page: the fake model's reply, the cost line under each
-cell that called a model, the spend summary that ``jupyter_vkeys.me()`` and
-``%vkeys`` render (a bar per cap, money not turned into math), and no error output. A screenshot of the executed notebook is saved (its path
+Cells) and reads the rendered page: the fake model's reply, the spend summary that
+``jupyter_vkeys.me()`` and ``%vkeys`` render (a bar per cap, money not turned into
+math), and no error output. A screenshot of the executed notebook is saved (its path
 is printed) and copied to ``/work/screenshots/`` when that folder exists.
 
 Needs ``/usr/bin/chromium`` (``.ci/run`` installs it with apt-get) and the
@@ -27,7 +27,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run",
         "--disable-dev-shm-usage"]
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(420),
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300),
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium "
                                  "(apt-get install -y chromium; .ci/run does)")]
 
@@ -41,34 +41,6 @@ def _expected_reply(server: JupyterProcess) -> str:
         model="gpt-4o-mini", max_tokens=8,
         messages=[{"role": "user", "content": "Say hello to the notebook"}])
     return reply.choices[0].message.content
-
-
-def run_all_cells(page) -> None:
-    """Wait for the kernel, then Run > Run All Cells; return when the last cell rendered."""
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    # The kernel is up when the toolbar's status says so.
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                           timeout=90_000)
-    for attempt in range(3):
-        # A click that lands while JupyterLab still wires the notebook up is lost: retry
-        # until the first cell runs (running all cells again is harmless).
-        page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-        item = page.locator(".lm-Menu:visible .lm-Menu-item", has_text="Run All Cells").first
-        item.wait_for(state="visible", timeout=10_000)
-        item.click()
-        try:
-            page.wait_for_selector(".jp-Notebook .jp-OutputArea-output", timeout=40_000)
-            break
-        except Exception:
-            page.keyboard.press("Escape")
-            if attempt == 2:
-                raise
-    # Done when the last cell (%vkeys) has rendered its report.
-    page.wait_for_function(
-        "document.querySelectorAll('.jp-OutputArea-output .vkeys-report').length >= 2",
-        timeout=180_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                           timeout=60_000)
 
 
 def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
@@ -85,12 +57,18 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 2200})
             page.goto(f"{server.base}/lab/tree/quickstart.ipynb?token={server.token}",
                       timeout=90_000)
-            try:
-                run_all_cells(page)
-            except Exception:
-                page.screenshot(path=str(shot), full_page=True)
-                print(f"\nscreenshot at the failure: {shot}\n{server.log()[-3000:]}")
-                raise
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            # The kernel is up when the toolbar's status says so.
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                                   timeout=90_000)
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+            # Done when the last cell (%vkeys) has rendered its report.
+            page.wait_for_function(
+                "document.querySelectorAll('.jp-OutputArea-output .vkeys-report').length >= 2",
+                timeout=120_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                                   timeout=60_000)
             text = page.locator(".jp-Notebook").inner_text()
             errors = page.locator(".jp-OutputArea-output[data-mime-type="
                                   "'application/vnd.jupyter.stderr'], .jp-RenderedText"
@@ -99,10 +77,7 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
             reports = page.locator(".jp-OutputArea-output .vkeys-report")
             report_texts = [reports.nth(i).inner_text() for i in range(reports.count())]
             bars = page.locator(".jp-OutputArea-output .vkeys-report .vkeys-bar").count()
-            math = page.locator(".jp-OutputArea-output .vkeys-report mjx-container, "
-                                ".jp-OutputArea-output .vkeys-cell mjx-container").count()
-            cells = page.locator(".jp-OutputArea-output .vkeys-cell")
-            cell_lines = [cells.nth(i).inner_text() for i in range(cells.count())]
+            math = page.locator(".jp-OutputArea-output .vkeys-report mjx-container").count()
             page.locator(".jp-OutputArea-output .vkeys-report").last.scroll_into_view_if_needed()
             page.screenshot(path=str(shot), full_page=True)
         finally:
@@ -116,11 +91,6 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
     assert "output tokens: 8" in text and "output tokens: 6" in text
     assert "/vkeys/openai/v1" in text and "vk-" in text
     assert len(report_texts) == 2 and bars >= 2 and math == 0, (report_texts, bars, math)
-    # Cost per cell: a quiet line under each cell that called a model, dollars as typed.
-    assert len(cell_lines) == 2, cell_lines
-    for line in cell_lines:
-        assert line.startswith("vkeys · 1 call · ") and "this cell" in line, line
-        assert "left of $20.00/month" in line, line
     for report in report_texts:
         assert "$20.00 / month" in report, report  # dollars as typed, not MathJax
         assert "spent $0.0" in report and "resets in" in report, report

@@ -12,7 +12,7 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["__version__", "load_ipython_extension", "me"]
+__all__ = ["__version__", "estimate", "load_ipython_extension", "me"]
 
 
 def me(show: bool | None = None) -> Any:
@@ -24,10 +24,21 @@ def me(show: bool | None = None) -> Any:
     return _me(show=show)
 
 
+def estimate(model: str, messages: list | None = None, max_tokens: int | None = None,
+             **params: Any) -> Any:
+    """What one call would cost on ``model`` without making it: input tokens, expected and
+    worst-case cost, and whether this kernel key's limits allow it (see
+    :func:`jupyter_vkeys.kernel.cells.estimate`)."""
+    from .kernel.cells import estimate as _estimate
+    return _estimate(model, messages, max_tokens, **params)
+
+
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext jupyter_vkeys``: registers the ``%vkeys`` magic."""
-    from .kernel import register_magic
-    register_magic(ipython)
+    """``%load_ext jupyter_vkeys``: registers ``%vkeys`` (report, ``quiet``/``loud``) and
+    ``%%vkeys dry_run``, and the cost line under cells (kernels the vkeys provisioner
+    starts load this already)."""
+    from .kernel.cells import load_ipython_extension as load_cells
+    load_cells(ipython)
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:

@@ -1,9 +1,10 @@
 """``jupyter vkeys ...``: serve the gateway, manage keys and policies.
 
-``serve`` runs the standalone gateway. ``keys`` and ``policy`` talk to a
-running gateway's admin API when one runs for the data directory (found through
-``<data_dir>/runtime.json``), so changes take effect at once; with none
-running they open the store directly.
+``serve`` runs the standalone gateway. ``keys`` and ``policy`` talk to the
+admin API of the gateway that holds the data directory when one runs (found
+through ``<data_dir>/gateway.json``, see :mod:`jupyter_vkeys.runtime`), so
+changes take effect at once; with none running they take the directory's lock
+and call the same operations locally.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -68,9 +70,13 @@ async def _serve(args: argparse.Namespace) -> int:
     from .gateway.app import make_app, proxy_routes
     from .gateway.lean_server import LeanServer, listening_socket
 
+    from .runtime import DataDirBusy
+
     gateway = build_gateway(args)
     try:
         await gateway.start()
+    except DataDirBusy as busy:
+        raise SystemExit(f"jupyter-vkeys: {busy}") from None
     except ValueError as exc:  # configuration the gateway refuses to run with
         await gateway.stop()
         raise SystemExit(f"jupyter-vkeys: cannot start: {exc}") from None
@@ -95,8 +101,7 @@ async def _serve(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{host}:{port}{gateway.prefix}"
-    runtime = Path(gateway.data_dir) / "runtime.json"
-    runtime.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    gateway.publish(url, "standalone")
     logging.getLogger("jupyter_vkeys").info(
         "jupyter-vkeys gateway at %s  (OPENAI_BASE_URL=%s/openai/v1  ANTHROPIC_BASE_URL="
         "%s/anthropic)", url, url, url)
@@ -108,28 +113,29 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     server.stop()
     await gateway.stop()
-    try:
-        runtime.unlink()
-    except OSError:
-        pass
     return 0
 
 
 # -- admin backends ------------------------------------------------------------------
 class RemoteAdmin:
-    """Admin calls over HTTP to a running gateway."""
+    """Admin calls over HTTP to the gateway that holds the data directory.
+
+    ``auth`` is the whole ``Authorization`` header: ``Bearer <admin token>`` for a
+    standalone gateway, ``token <server token>`` for one inside a Jupyter server.
+    """
+
+    def __init__(self, url: str, auth: str) -> None:
+        self.url = url.rstrip("/") + "/api"
+        self.auth = auth
 
     def close(self) -> None:
         """Nothing to release."""
 
-    def __init__(self, url: str, token: str) -> None:
-        self.url = url.rstrip("/") + "/api"
-        self.token = token
-
     def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One admin API call; its error message becomes the CLI's ``error: ...``."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+            "Authorization": self.auth, "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=30) as resp:
                 return json.loads(resp.read())
@@ -139,76 +145,130 @@ class RemoteAdmin:
             except Exception:
                 message = str(exc)
             raise SystemExit(f"error: {message}") from None
+        except OSError as exc:
+            raise SystemExit(f"error: the gateway at {self.url} does not answer: "
+                             f"{getattr(exc, 'reason', exc)}") from None
+
+
+def local_call(control, method: str, path: str, body: Any, actor: str) -> Any:
+    """Route one admin API call (``method``, ``path`` below ``/api``) to the
+    :class:`~jupyter_vkeys.runtime.ControlPlane`, as the admin API's handlers do."""
+    parts = path.strip("/").split("/")
+    body = body if body is not None else {}
+    if parts == ["keys"]:
+        return control.list_keys() if method == "GET" else control.create_key(body, actor=actor)
+    if parts[0] == "keys" and len(parts) == 2:
+        if method == "PATCH":
+            return control.update_key(parts[1], body, actor=actor)
+        return control.get_key(parts[1])
+    if parts[0] == "keys" and len(parts) == 3 and parts[2] == "revoke":
+        return control.revoke_key(parts[1], actor=actor)
+    if parts[0] == "keys" and len(parts) == 3 and parts[2] == "rotate":
+        return control.rotate_key(parts[1], body, actor=actor)
+    if parts == ["policies"]:
+        return control.list_policies()
+    if parts[0] == "policies" and len(parts) == 2:
+        if method in ("PUT", "PATCH"):
+            return control.set_policy(parts[1], body, actor=actor, replace=method == "PUT")
+        if method == "DELETE":
+            return control.delete_policy(parts[1], actor=actor)
+        return control.get_policy(parts[1])
+    if parts == ["audit"]:
+        return control.audit()
+    raise SystemExit(f"error: unsupported admin call {method} {path}")
 
 
 class LocalAdmin:
-    """Admin calls straight into the store (no gateway running for this data dir)."""
+    """Admin calls straight into a gateway started here, holding the data directory's
+    lock (only when no gateway runs for it). Same operations, same output as the API."""
 
     def __init__(self, gateway) -> None:
         logging.getLogger("jupyter_vkeys").setLevel(logging.ERROR)
         self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(gateway.start())
+        try:
+            self.loop.run_until_complete(gateway.start())
+        except BaseException:
+            self.loop.close()
+            raise
         self.gw = gateway
 
     def close(self) -> None:
-        """Flush the audit rows to the warehouse and close the store."""
+        """Flush the audit rows to the warehouse, close the store, release the lock."""
         self.loop.run_until_complete(self.gw.stop())
         self.loop.close()
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One admin operation; refusals become the CLI's ``error: ...``."""
         from .policy import PolicyError
         from .registry import InvalidKeyRequest
+        from .runtime import OperationError
 
-        gw, actor = self.gw, f"cli:{os.environ.get('USER', 'local')}"
-        parts = path.strip("/").split("/")
+        actor = f"cli:{os.environ.get('USER', 'local')}"
         try:
-            if parts[0] == "keys" and len(parts) == 1 and method == "GET":
-                rows = [gw.key_report(r) for r in gw.registry.records.values()]
-                return {"keys": sorted(rows, key=lambda r: r["created_at"])}
-            if parts[0] == "keys" and len(parts) == 1:
-                record, token = gw.registry.create(body, actor=actor)
-                return {**gw.key_report(record), "key": token}
-            if parts[0] == "keys" and len(parts) == 2:
-                if method == "PATCH":
-                    return gw.key_report(gw.registry.update(parts[1], body, actor=actor))
-                record = gw.registry.get(parts[1])
-                if record is None:
-                    raise SystemExit(f"error: no key with id {parts[1]!r}")
-                return gw.key_report(record)
-            if parts[0] == "keys" and parts[2] == "revoke":
-                return gw.key_report(gw.registry.revoke(parts[1], actor=actor))
-            if parts[0] == "keys" and parts[2] == "rotate":
-                record, token = gw.registry.rotate(parts[1], actor=actor,
-                                                   grace_seconds=body.get("grace_seconds", 0))
-                return {**gw.key_report(record), "key": token}
-            if parts[0] == "policies" and len(parts) == 1:
-                return {"policies": [gw.scope_report(s) for s in sorted(gw.policy.scope_policies)]}
-            if parts[0] == "policies":
-                if method in ("PUT", "PATCH"):
-                    gw.set_scope_policy(parts[1], body, actor=actor, replace=method == "PUT")
-                elif method == "DELETE":
-                    gw.set_scope_policy(parts[1], None, actor=actor)
-                return gw.scope_report(parts[1])
+            return local_call(self.gw.control, method, path, body, actor)
+        except OperationError as exc:
+            raise SystemExit(f"error: {exc.message}") from None
         except (InvalidKeyRequest, PolicyError, ValueError) as exc:
             raise SystemExit(f"error: {exc}") from None
-        raise SystemExit(f"error: unsupported admin call {method} {path}")
+
+
+def jupyter_server_auth(pid: int) -> str | None:
+    """``token <t>`` of the running Jupyter server with process id ``pid`` (from its
+    runtime file, through ``list_running_servers``), or None if it is not found."""
+    try:
+        from jupyter_server.serverapp import list_running_servers
+    except ImportError:
+        return None
+    for server in list_running_servers():
+        if server.get("pid") == pid:
+            return f"token {server.get('token', '')}"
+    return None
+
+
+def remote_admin(info: dict[str, Any], gateway) -> RemoteAdmin:
+    """The API client for the gateway published in ``gateway.json`` (``info``)."""
+    if info.get("kind") == "jupyter":
+        auth = jupyter_server_auth(info["pid"])
+        if auth is None:
+            raise SystemExit(f"error: a Jupyter server (pid {info['pid']}) holds "
+                             f"{gateway.data_dir} at {info['url']}, but its runtime file "
+                             "(jupyter server list) is not readable; use its admin API or "
+                             "stop it")
+        return RemoteAdmin(info["url"], auth)
+    return RemoteAdmin(info["url"], f"Bearer {gateway.admin_secret()}")
 
 
 def admin_backend(args: argparse.Namespace):
-    """Remote if a gateway runs for this data directory, else local."""
+    """The API of the gateway that holds this data directory, if one runs (found through
+    ``<data_dir>/gateway.json``), else a local gateway holding the directory's lock."""
+    from .runtime import DataDirBusy, running_gateway
+
     gateway = build_gateway(args)
-    runtime = Path(gateway.data_dir) / "runtime.json"
-    if runtime.exists():
-        try:
-            info = json.loads(runtime.read_text())
-            os.kill(int(info["pid"]), 0)
-            return RemoteAdmin(info["url"], gateway.admin_secret())
-        except (OSError, ValueError, KeyError):
-            pass
-    return LocalAdmin(gateway)
+    info = running_gateway(gateway.data_dir)
+    if info is not None:
+        return remote_admin(info, gateway)
+    try:
+        return LocalAdmin(gateway)
+    except DataDirBusy as busy:
+        # Someone took the lock meanwhile: a gateway starting publishes its URL shortly.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            info = running_gateway(gateway.data_dir)
+            if info is not None:
+                return remote_admin(info, build_gateway(args))
+            time.sleep(0.2)
+        raise SystemExit(f"error: {busy}") from None
 
 
 # -- keys and policy -----------------------------------------------------------------
+def _pair_arg(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` (``--metadata``, ``--alias-model``) -> a pair."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: use NAME=VALUE")
+    return name, value
+
+
 def _budget_arg(text: str) -> dict[str, Any]:
     """``20/month`` or ``20/month@0.8`` -> a budget object."""
     amount, _, rest = text.partition("/")
@@ -235,11 +295,11 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "models", None) is not None:
         fields["models"] = [m for m in args.models.split(",") if m] or None
     if getattr(args, "alias_model", None):
-        fields["aliases"] = dict(item.split("=", 1) for item in args.alias_model)
+        fields["aliases"] = dict(args.alias_model)
     if getattr(args, "budget", None):
         fields["budgets"] = args.budget
     if getattr(args, "metadata", None):
-        fields["metadata"] = dict(item.split("=", 1) for item in args.metadata)
+        fields["metadata"] = dict(args.metadata)
     return fields
 
 
@@ -262,19 +322,21 @@ def _print(result: Any, as_json: bool) -> None:
 def cmd_keys(args: argparse.Namespace) -> int:
     """``keys create|list|show|update|revoke|rotate``."""
     admin = admin_backend(args)
-    if args.action == "create":
-        result = admin.call("POST", "/keys", _fields(args))
-    elif args.action == "list":
-        result = admin.call("GET", "/keys")
-    elif args.action == "show":
-        result = admin.call("GET", f"/keys/{args.id}")
-    elif args.action == "update":
-        result = admin.call("PATCH", f"/keys/{args.id}", _fields(args))
-    elif args.action == "revoke":
-        result = admin.call("POST", f"/keys/{args.id}/revoke", {})
-    else:
-        result = admin.call("POST", f"/keys/{args.id}/rotate", {"grace_seconds": args.grace})
-    admin.close()
+    try:
+        if args.action == "create":
+            result = admin.call("POST", "/keys", _fields(args))
+        elif args.action == "list":
+            result = admin.call("GET", "/keys")
+        elif args.action == "show":
+            result = admin.call("GET", f"/keys/{args.id}")
+        elif args.action == "update":
+            result = admin.call("PATCH", f"/keys/{args.id}", _fields(args))
+        elif args.action == "revoke":
+            result = admin.call("POST", f"/keys/{args.id}/revoke", {})
+        else:
+            result = admin.call("POST", f"/keys/{args.id}/rotate", {"grace_seconds": args.grace})
+    finally:
+        admin.close()
     _print(result, args.json)
     return 0
 
@@ -282,16 +344,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_policy(args: argparse.Namespace) -> int:
     """``policy list|show|set|update|delete``."""
     admin = admin_backend(args)
-    if args.action == "list":
-        result = admin.call("GET", "/policies")
-    elif args.action == "show":
-        result = admin.call("GET", f"/policies/{args.scope}")
-    elif args.action == "delete":
-        result = admin.call("DELETE", f"/policies/{args.scope}")
-    else:
-        result = admin.call("PUT" if args.action == "set" else "PATCH",
-                            f"/policies/{args.scope}", _fields(args))
-    admin.close()
+    try:
+        if args.action == "list":
+            result = admin.call("GET", "/policies")
+        elif args.action == "show":
+            result = admin.call("GET", f"/policies/{args.scope}")
+        elif args.action == "delete":
+            result = admin.call("DELETE", f"/policies/{args.scope}")
+        else:
+            result = admin.call("PUT" if args.action == "set" else "PATCH",
+                                f"/policies/{args.scope}", _fields(args))
+    finally:
+        admin.close()
     _print(result, True)
     return 0
 
@@ -371,7 +435,7 @@ def _query(con, sql: str, params: list, as_json: bool, names: list[str] | None =
 
 def _limit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", help="comma-separated allowlist (globs), '' to clear")
-    parser.add_argument("--alias-model", action="append", metavar="NAME=MODEL",
+    parser.add_argument("--alias-model", action="append", metavar="NAME=MODEL", type=_pair_arg,
                         help="model alias, e.g. cheap=gpt-4o-mini (repeatable)")
     parser.add_argument("--rpm", type=int, help="requests per minute")
     parser.add_argument("--tpm", type=int, help="tokens per minute (input + output)")
@@ -417,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
             for name in ("alias", "owner", "team", "project"):
                 p.add_argument(f"--{name}")
             p.add_argument("--expires-at", help="RFC 3339 time, e.g. 2026-12-31T00:00:00Z")
-            p.add_argument("--metadata", action="append", metavar="K=V")
+            p.add_argument("--metadata", action="append", metavar="K=V", type=_pair_arg)
             _limit_flags(p)
         if action == "create":
             p.add_argument("--parent", help="parent key id (a child spends against its budgets)")

@@ -9,16 +9,31 @@ revocation takes effect on the very next request.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
+import orjson
+
 from .keys import KeyRecord, MalformedToken, format_token, hash_secret, mint, new_secret, \
     parse_token, secret_matches
-from .policy.spec import POLICY_FIELDS, parse_policy
+from .policy.spec import NAME_PATTERN, POLICY_FIELDS, PolicyError, parse_policy
 from .store import Store
 
 KEY_FIELDS = ("alias", "owner", "team", "project", "parent_id", "expires_at", "metadata")
+
+# Bounds of key fields (the OpenAPI description states the same).
+MAX_ALIAS_CHARS = 256
+MAX_KEY_ID_CHARS = 64
+MAX_METADATA_DEPTH = 16
+MAX_METADATA_BYTES = 16 * 1024
+MAX_GRACE_SECONDS = 366 * 86400
+# Times are epoch seconds from 1970-01-01 to 9999-12-31T23:59:59Z: every one of them
+# converts to a datetime (the data plane formats expiry times in its refusals).
+MIN_TIME, MAX_TIME = 0.0, 253402300799.0
+_NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 
 
 class AuthError(Exception):
@@ -39,24 +54,105 @@ class KeyNotFound(InvalidKeyRequest):
     """An admin request names a key id that does not exist (the admin API answers 404)."""
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about huge inputs."""
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def iso_time(ts: float | None) -> str:
+    """RFC 3339 text of an epoch time for messages; never raises (records saved by older
+    versions may hold times no datetime can represent)."""
+    try:
+        return datetime.fromtimestamp(ts or 0, timezone.utc).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return f"{ts!r} (epoch seconds)"
+
+
 def parse_time(value: Any, field: str) -> float | None:
-    """Accept epoch seconds or RFC 3339 text for ``expires_at``-like fields."""
+    """Accept epoch seconds or RFC 3339 text for ``expires_at``-like fields, between
+    1970-01-01 and 9999-12-31; raises :class:`InvalidKeyRequest` naming the field."""
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise InvalidKeyRequest(f"{field} must be an RFC 3339 time or epoch seconds, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
+    bounds = "between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidKeyRequest(f"{field} must be an RFC 3339 time or epoch seconds {bounds}, "
+                                f"got {_short(value)}")
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            seconds = parsed.timestamp()
+        except (ValueError, OverflowError, OSError):
             raise InvalidKeyRequest(f"{field} must be an RFC 3339 time such as "
-                            f"2026-12-31T00:00:00Z, got {value!r}") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
-    raise InvalidKeyRequest(f"{field} must be an RFC 3339 time or epoch seconds, got {value!r}")
+                                    f"2026-12-31T00:00:00Z, got {_short(value)}") from None
+    else:
+        seconds = float(value) if -1e300 < value < 1e300 else math.inf
+    if not MIN_TIME <= seconds <= MAX_TIME:
+        raise InvalidKeyRequest(f"{field} must be a time {bounds} (epoch seconds "
+                                f"{MIN_TIME:.0f} to {MAX_TIME:.0f}), got {_short(value)}")
+    return seconds
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects/arrays deeper than ``limit`` levels (iterative)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def check_metadata(value: Any) -> dict[str, Any]:
+    """Validate a key's free ``metadata`` object: at most :data:`MAX_METADATA_DEPTH` levels
+    and :data:`MAX_METADATA_BYTES` of JSON (so it always serializes and stays small)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidKeyRequest(f"metadata must be an object of free key/value pairs, "
+                                f"got {_short(value)}")
+    if _depth_exceeds(value, MAX_METADATA_DEPTH):
+        raise InvalidKeyRequest(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels of "
+                                "objects and arrays")
+    try:
+        size = len(orjson.dumps(value))
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise InvalidKeyRequest(f"metadata must be plain JSON: {exc}") from None
+    if size > MAX_METADATA_BYTES:
+        raise InvalidKeyRequest(f"metadata is {size:,} bytes of JSON; at most "
+                                f"{MAX_METADATA_BYTES:,} allowed")
+    return dict(value)
+
+
+def check_grace(value: Any) -> float:
+    """``grace_seconds`` of a rotation: a number from 0 to :data:`MAX_GRACE_SECONDS`."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0 <= value <= MAX_GRACE_SECONDS:
+        raise InvalidKeyRequest(f"grace_seconds must be a number of seconds from 0 to "
+                                f"{MAX_GRACE_SECONDS} (366 days), got {_short(value)}")
+    return float(value)
+
+
+def check_name(field: str, value: Any) -> str:
+    """``owner``, ``team`` or ``project``: empty, or a scope name (1-128 characters, no
+    whitespace, '/' or control characters), since each names the scope ``user:<owner>``..."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise InvalidKeyRequest(f"{field} must be a name of 1 to 128 characters without "
+                                f"spaces, '/' or control characters, got {_short(value)}")
+    return value
 
 
 class KeyRegistry:
@@ -93,7 +189,7 @@ class KeyRegistry:
             raise AuthError("revoked", f"virtual key {key_id} was revoked")
         if state == "expired":
             raise AuthError("expired", f"virtual key {key_id} expired at "
-                                       f"{datetime.fromtimestamp(record.expires_at or 0, timezone.utc).isoformat()}")
+                                       f"{iso_time(record.expires_at)}")
         parent = self.records.get(record.parent_id) if record.parent_id else None
         if parent is not None and parent.state(now) != "active":
             raise AuthError(parent.state(now), f"virtual key {key_id} belongs to key "
@@ -149,8 +245,7 @@ class KeyRegistry:
         before = self._existing(key_id)
         if before.state(self.clock()) != "active":
             raise InvalidKeyRequest(f"key {key_id} is {before.state(self.clock())}; only active keys rotate")
-        if grace_seconds < 0:
-            raise InvalidKeyRequest("grace_seconds must be >= 0")
+        grace_seconds = check_grace(grace_seconds)
         secret = new_secret()
         after = before.evolve(
             secret_hash=hash_secret(self.pepper, secret),
@@ -179,8 +274,9 @@ class KeyRegistry:
             raise InvalidKeyRequest("expected a JSON object of key fields")
         unknown = set(fields) - set(KEY_FIELDS) - set(POLICY_FIELDS)
         if unknown:
-            raise InvalidKeyRequest(f"unknown fields {sorted(unknown)}; key fields: "
-                            f"{', '.join(KEY_FIELDS)}; policy fields: {', '.join(POLICY_FIELDS)}")
+            raise InvalidKeyRequest(f"unknown fields {_short(sorted(map(str, unknown)))}; key "
+                                    f"fields: {', '.join(KEY_FIELDS)}; policy fields: "
+                                    f"{', '.join(POLICY_FIELDS)}")
         attrs: dict[str, Any] = {}
         for name in KEY_FIELDS:
             if name not in fields:
@@ -189,16 +285,27 @@ class KeyRegistry:
             if name == "expires_at":
                 attrs[name] = parse_time(value, name)
             elif name == "metadata":
-                if value is not None and not isinstance(value, Mapping):
-                    raise InvalidKeyRequest("metadata must be an object of free key/value pairs")
-                attrs[name] = dict(value or {})
-            else:
-                if value is not None and not isinstance(value, str):
-                    raise InvalidKeyRequest(f"{name} must be a string, got {value!r}")
+                attrs[name] = check_metadata(value)
+            elif name in ("owner", "team", "project"):
+                attrs[name] = check_name(name, value)
+            elif value is not None and not isinstance(value, str):
+                raise InvalidKeyRequest(f"{name} must be a string, got {_short(value)}")
+            elif name == "alias":
+                if len(value or "") > MAX_ALIAS_CHARS or not (value or "").isprintable():
+                    raise InvalidKeyRequest(f"alias must be printable text of at most "
+                                            f"{MAX_ALIAS_CHARS} characters, got {_short(value)}")
+                attrs[name] = value or ""
+            else:  # parent_id
+                if len(value or "") > MAX_KEY_ID_CHARS:
+                    raise InvalidKeyRequest(f"parent_id must be a key id of at most "
+                                            f"{MAX_KEY_ID_CHARS} characters")
                 attrs[name] = value or ""
         if before is not None and "parent_id" in attrs and attrs["parent_id"] != before.parent_id:
             raise InvalidKeyRequest("parent_id cannot change after creation")
         policy_fields = {k: v for k, v in fields.items() if k in POLICY_FIELDS}
-        base = parse_policy(before.policy) if before is not None and before.policy else None
+        try:
+            base = parse_policy(before.policy) if before is not None and before.policy else None
+        except PolicyError:  # saved by an older version with laxer checks: replace it
+            base = None
         policy = parse_policy(policy_fields, base=base).as_dict()
         return attrs, policy

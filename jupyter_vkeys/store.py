@@ -10,12 +10,15 @@ PostgreSQL without the callers changing.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .keys import KeyRecord
+
+log = logging.getLogger("jupyter_vkeys")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -147,7 +150,11 @@ class Store:
                 store.db.execute("ROLLBACK" if exc_type else "COMMIT")
                 pending, store._pending_audit = store._pending_audit, None
                 if pending is not None and not exc_type and store.on_audit is not None:
-                    store.on_audit(pending)
+                    try:  # committed already: telling the warehouse must not undo or fail it
+                        store.on_audit(pending)
+                    except Exception:
+                        log.exception("jupyter-vkeys: audit row %s not passed to the "
+                                      "warehouse", pending.get("seq"))
 
         return _Tx()
 

@@ -6,7 +6,8 @@ Routes (JSON in, JSON out, errors as ``{"error": {"message", "type"}}``):
 - ``GET|POST /keys``, ``GET|PATCH /keys/{id}``, ``POST /keys/{id}/revoke``,
   ``POST /keys/{id}/rotate``,
 - ``GET /policies``, ``GET|PUT|PATCH|DELETE /policies/{scope}``,
-- ``GET /audit``.
+- ``GET /audit``,
+- ``GET /openapi.json`` (no auth): the OpenAPI description (:mod:`.openapi`).
 
 The handler logic lives in mixins; who counts as an admin is decided by the
 base class they are combined with (:class:`TokenAdminAuth` standalone, the
@@ -17,6 +18,7 @@ Jupyter server's own authentication in the extension), the way JupyterHub's
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any, Callable
 
 import orjson
@@ -25,18 +27,15 @@ import tornado.web
 from .._version import __version__
 from ..policy import PolicyError
 from ..registry import InvalidKeyRequest, KeyNotFound
-from ..store import public_view
+from ..runtime import ControlPlane, OperationError
 from .core import VKeysGateway
 from .dataplane import DataPlaneHandler, public_endpoint
 from .errors import ApiError
+from .openapi import OpenApiHandler
 
 
-class AdminError(Exception):
-    """A control-plane failure: HTTP ``status`` and a message for the admin."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
+# Kept under its historical name: the Jupyter extension's auth raises it.
+AdminError = OperationError
 
 
 class TokenAdminAuth(tornado.web.RequestHandler):
@@ -83,7 +82,11 @@ class AdminMixin:
     def reply(self, payload: Any, status: int = 200) -> None:
         """Write ``payload`` as JSON."""
         self.set_status(status)
-        self.finish(orjson.dumps(payload))
+        try:
+            body = orjson.dumps(payload)
+        except orjson.JSONEncodeError:  # rows saved by older versions may nest > 255 levels
+            body = json.dumps(payload, default=str).encode()
+        self.finish(body)
 
     def fail(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
         """Write an admin API error."""
@@ -91,6 +94,11 @@ class AdminMixin:
         self.set_status(status)
         self.set_header("content-type", "application/json")
         self.finish(orjson.dumps({"error": {"message": message, "type": kind}}))
+
+    @property
+    def control(self) -> ControlPlane:
+        """The gateway's admin operations (validated before anything is written)."""
+        return self.gateway.control
 
     def run(self, action) -> None:
         """Run ``action(actor)`` with admin checks; map validation errors to 4xx."""
@@ -113,48 +121,29 @@ class AdminMixin:
 
 
 class KeysMixin(AdminMixin):
-    """``GET /keys`` (filters: owner, team, project, state) and ``POST /keys``."""
+    """``GET /keys`` (filters: owner, team, project, state, parent_id) and ``POST /keys``."""
 
     def get(self) -> None:
         def action(actor: str) -> None:
-            now = self.gateway.clock()
             wanted = {k: self.get_argument(k, None) for k in ("owner", "team", "project", "state",
                                                               "parent_id")}
-            rows = []
-            for record in self.gateway.registry.records.values():
-                view = public_view(record)
-                view["state"] = record.state(now)
-                if all(v is None or str(view.get(k)) == v for k, v in wanted.items()):
-                    rows.append(view)
-            rows.sort(key=lambda r: r["created_at"])
-            self.reply({"keys": rows})
+            self.reply(self.control.list_keys(wanted))
         self.run(action)
 
     def post(self) -> None:
-        def action(actor: str) -> None:
-            record, token = self.gateway.registry.create(self.json_body(), actor=actor)
-            view = self.gateway.key_report(record)
-            view["key"] = token
-            self.reply(view, 201)
-        self.run(action)
+        self.run(lambda actor: self.reply(self.control.create_key(self.json_body(),
+                                                                  actor=actor), 201))
 
 
 class KeyMixin(AdminMixin):
     """``GET|PATCH /keys/{id}``."""
 
     def get(self, key_id: str) -> None:
-        def action(actor: str) -> None:
-            record = self.gateway.registry.get(key_id)
-            if record is None:
-                raise AdminError(404, f"no key with id {key_id!r}", "not_found_error")
-            self.reply(self.gateway.key_report(record))
-        self.run(action)
+        self.run(lambda actor: self.reply(self.control.get_key(key_id)))
 
     def patch(self, key_id: str) -> None:
-        def action(actor: str) -> None:
-            record = self.gateway.registry.update(key_id, self.json_body(), actor=actor)
-            self.reply(self.gateway.key_report(record))
-        self.run(action)
+        self.run(lambda actor: self.reply(self.control.update_key(key_id, self.json_body(),
+                                                                  actor=actor)))
 
 
 class KeyActionMixin(AdminMixin):
@@ -162,18 +151,10 @@ class KeyActionMixin(AdminMixin):
 
     def post(self, key_id: str, verb: str) -> None:
         def action(actor: str) -> None:
-            registry = self.gateway.registry
             if verb == "revoke":
-                record = registry.revoke(key_id, actor=actor)
-                self.reply(self.gateway.key_report(record))
-                return
-            grace = self.json_body().get("grace_seconds", 0)
-            if isinstance(grace, bool) or not isinstance(grace, (int, float)):
-                raise AdminError(400, "grace_seconds must be a number of seconds")
-            record, token = registry.rotate(key_id, actor=actor, grace_seconds=float(grace))
-            view = self.gateway.key_report(record)
-            view["key"] = token
-            self.reply(view)
+                self.reply(self.control.revoke_key(key_id, actor=actor))
+            else:
+                self.reply(self.control.rotate_key(key_id, self.json_body(), actor=actor))
         self.run(action)
 
 
@@ -181,49 +162,33 @@ class PoliciesMixin(AdminMixin):
     """``GET /policies``: every scope policy with its spend."""
 
     def get(self) -> None:
-        def action(actor: str) -> None:
-            scopes = sorted(self.gateway.policy.scope_policies)
-            self.reply({"policies": [self.gateway.scope_report(s) for s in scopes]})
-        self.run(action)
+        self.run(lambda actor: self.reply(self.control.list_policies()))
 
 
 class PolicyMixin(AdminMixin):
     """``GET|PUT|PATCH|DELETE /policies/{scope}`` (scope: global, user:x, team:x, project:x)."""
 
     def get(self, scope: str) -> None:
-        self.run(lambda actor: self.reply(self.gateway.scope_report(scope)))
+        self.run(lambda actor: self.reply(self.control.get_policy(scope)))
 
     def put(self, scope: str) -> None:
-        def action(actor: str) -> None:
-            self.gateway.set_scope_policy(scope, self.json_body(), actor=actor)
-            self.reply(self.gateway.scope_report(scope))
-        self.run(action)
+        self.run(lambda actor: self.reply(self.control.set_policy(scope, self.json_body(),
+                                                                  actor=actor)))
 
     def patch(self, scope: str) -> None:
-        def action(actor: str) -> None:
-            self.gateway.set_scope_policy(scope, self.json_body(), actor=actor, replace=False)
-            self.reply(self.gateway.scope_report(scope))
-        self.run(action)
+        self.run(lambda actor: self.reply(self.control.set_policy(
+            scope, self.json_body(), actor=actor, replace=False)))
 
     def delete(self, scope: str) -> None:
-        def action(actor: str) -> None:
-            self.gateway.set_scope_policy(scope, None, actor=actor)
-            self.reply(self.gateway.scope_report(scope))
-        self.run(action)
+        self.run(lambda actor: self.reply(self.control.delete_policy(scope, actor=actor)))
 
 
 class AuditMixin(AdminMixin):
     """``GET /audit?since=<seq>&limit=<n>``: admin actions, oldest first."""
 
     def get(self) -> None:
-        def action(actor: str) -> None:
-            try:
-                since = int(self.get_argument("since", "0"))
-                limit = min(int(self.get_argument("limit", "1000")), 10000)
-            except ValueError:
-                raise AdminError(400, "since and limit must be integers") from None
-            self.reply({"audit": self.gateway.store.audit_rows(since, limit)})
-        self.run(action)
+        self.run(lambda actor: self.reply(self.control.audit(
+            self.get_argument("since", None), self.get_argument("limit", None))))
 
 
 class HealthHandler(tornado.web.RequestHandler):
@@ -253,7 +218,7 @@ class MeHandler(DataPlaneHandler):
         except ApiError as error:
             self.send_api_error(error)
             return
-        self.finish(orjson.dumps(self.gateway.key_report(record)))
+        self.finish(orjson.dumps(self.gateway.control.me(record)))
 
 
 def key_api_handlers(prefix: str, gateway: VKeysGateway) -> list[tuple]:
@@ -277,6 +242,7 @@ def admin_handlers(prefix: str, gateway: VKeysGateway, auth_base: type = TokenAd
     api = prefix + "/api"
     init = {"gateway": gateway}
     return [
+        (api + r"/openapi.json", OpenApiHandler),
         (api + r"/keys", make(KeysMixin), init),
         (api + r"/keys/([^/]+)", make(KeyMixin), init),
         (api + r"/keys/([^/]+)/(revoke|rotate)", make(KeyActionMixin), init),

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+import tornado.log
 import tornado.web
 
 from .admin import TokenAdminAuth, admin_handlers, key_api_handlers
+from .cell_api import cell_handlers
 from .core import VKeysGateway
-from .dataplane import ModelsHandler, ProxyHandler
+from .dataplane import ModelHandler, ModelsHandler, NotFoundHandler, ProxyHandler
 
 OPENAI_OPERATIONS = {"chat/completions": "chat.completions", "completions": "completions",
                      "embeddings": "embeddings", "responses": "responses"}
@@ -37,8 +39,8 @@ def proxy_routes(gateway: VKeysGateway, base_url: str = "") -> dict[str, tuple[s
 
 
 def key_handlers(gateway: VKeysGateway, base_url: str = "") -> list[tuple]:
-    """Every route a virtual key opens (data plane, models, ``/api/me``, health): what a
-    kernel needs, and no admin route."""
+    """Every route a virtual key opens (data plane, models, ``/api/me``, ``/api/cells``,
+    ``/api/estimate``, health): what a kernel needs, and no admin route."""
     prefix = route_prefix(gateway, base_url)
     routes: list[tuple] = [
         (path, ProxyHandler, {"gateway": gateway, "operation": operation, "dialect": dialect})
@@ -47,19 +49,48 @@ def key_handlers(gateway: VKeysGateway, base_url: str = "") -> list[tuple]:
                    {"gateway": gateway, "dialect": "openai"}))
     routes.append((f"{prefix}/anthropic/v1/models", ModelsHandler,
                    {"gateway": gateway, "dialect": "anthropic"}))
-    return routes + key_api_handlers(prefix, gateway)
+    routes.append((f"{prefix}/openai/v1/models/(.+)", ModelHandler,
+                   {"gateway": gateway, "dialect": "openai"}))
+    routes.append((f"{prefix}/anthropic/v1/models/(.+)", ModelHandler,
+                   {"gateway": gateway, "dialect": "anthropic"}))
+    return routes + key_api_handlers(prefix, gateway) + cell_handlers(prefix, gateway)
+
+
+def fallback_handlers(gateway: VKeysGateway, base_url: str = "") -> list[tuple]:
+    """The catch-all of the prefix (JSON 404 in the path's dialect): mounted after every
+    other route of the gateway, in both hosts."""
+    prefix = route_prefix(gateway, base_url)
+    return [(prefix + r"(?:/.*)?", NotFoundHandler,
+             {"gateway": gateway, "anthropic_prefix": prefix + "/anthropic/"})]
 
 
 def gateway_handlers(gateway: VKeysGateway, *, base_url: str = "",
                      admin_auth: type = TokenAdminAuth,
                      admin_decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
-    """All data-plane and admin routes under ``base_url + gateway.prefix``."""
+    """All data-plane and admin routes under ``base_url + gateway.prefix``, then the
+    prefix's catch-all."""
     return key_handlers(gateway, base_url) + admin_handlers(
-        route_prefix(gateway, base_url), gateway, admin_auth, admin_decorate)
+        route_prefix(gateway, base_url), gateway, admin_auth, admin_decorate) + \
+        fallback_handlers(gateway, base_url)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The standalone application's access log line (tornado's ``log_function``): status,
+    method, path without its query string, client address, duration."""
+    status = handler.get_status()
+    log = tornado.log.access_log.info if status < 400 else \
+        tornado.log.access_log.warning if status < 500 else tornado.log.access_log.error
+    request = handler.request
+    log("%d %s %s (%s) %.2fms", status, request.method, request.path, request.remote_ip,
+        1000.0 * request.request_time())
 
 
 def make_app(gateway: VKeysGateway, *, admin: bool = True) -> tornado.web.Application:
     """A standalone tornado application serving one started gateway (``admin=False``:
     only the routes a virtual key opens)."""
-    routes = gateway_handlers(gateway) if admin else key_handlers(gateway)
-    return tornado.web.Application(routes, compress_response=False)
+    routes = gateway_handlers(gateway) if admin else \
+        key_handlers(gateway) + fallback_handlers(gateway)
+    fallback = fallback_handlers(gateway)[0]
+    return tornado.web.Application(routes, compress_response=False, log_function=log_request,
+                                   default_handler_class=fallback[1],
+                                   default_handler_args=fallback[2])

@@ -79,8 +79,13 @@ class Call:
     prompt_hash: str = ""
     prompt_text: str | None = None
     upstream_wait: float = 0.0  # seconds spent awaiting the upstream (headers and chunks)
+    request_sent: bool = False  # the request may have reached the upstream (it may bill it)
     budget_warnings: list[str] = field(default_factory=list)
     tags: dict[str, Any] = field(default_factory=dict)
+    cell_id: str = ""  # the notebook cell running when the call arrived (see gateway.cells)
+    execution_count: int | None = None
+    dry_run_cost: int | None = None  # dry runs: expected and worst-case cost on the real model
+    dry_run_worst: int | None = None
 
     def hold_row(self, hold_pico: int) -> dict[str, Any]:
         """The journal row of an admitted call's budget hold (``status="hold"``).
@@ -164,6 +169,12 @@ class Call:
                                   if k not in ("kernel_id", "notebook_path")} | self.tags
                                  | ({"usage_clamped": f"a class above {TOKEN_LIMIT:,} tokens"}
                                     if usage.clamped else {})).decode(),
+            "cell_id": self.cell_id,
+            "execution_count": self.execution_count,
+            "dry_run_cost_usd": (self.dry_run_cost / 1e12 if self.dry_run_cost is not None
+                                 else None),
+            "dry_run_worst_usd": (self.dry_run_worst / 1e12 if self.dry_run_worst is not None
+                                  else None),
         }
 
     def minimal_event(self) -> dict[str, Any]:

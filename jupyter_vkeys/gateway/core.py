@@ -23,16 +23,19 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..keys import KeyRecord
-from ..policy import PolicyEngine, parse_policy
-from ..policy.spec import check_scope
+from ..policy import PolicyEngine, PolicyError, parse_policy
 from ..pricing import PriceTable
 from ..providers.catalog import DEFAULT_CATALOG, Catalog, ModelEntry
 from ..providers.config import DEFAULT_PROVIDERS, ProviderConfig, load_providers
 from ..providers.fake import FakeTransport
 from ..providers.lean_http import LeanTransport
-from ..providers.transport import HttpTransport, Transport
+from ..providers.scrub import Scrubber
+from ..providers.transport import HttpTransport, ProxySettings, Transport
 from ..registry import KeyRegistry
+from ..runtime import ControlPlane, DataDirLock, publish
 from ..store import Store
+from .cells import CellTracker
+from .dry_run import OutputHistory
 from .pacing import RefusalPacer
 
 log = logging.getLogger("jupyter_vkeys")
@@ -131,6 +134,21 @@ class VKeysGateway(LoggingConfigurable):
     upstream_client = Enum(["lean", "aiohttp"], "lean", help=(
         "HTTP client for upstream calls: lean (pooled keep-alive HTTP/1.1 on httptools, the "
         "fastest measured) or aiohttp (its pooled ClientSession).")).tag(config=True)
+    max_response_bytes = Int(64 * 1024 * 1024, help=(
+        "Largest non-streamed upstream answer the gateway buffers (after decoding gzip); a "
+        "larger one is answered 502. Streams are relayed as they arrive and not capped.")).tag(
+        config=True)
+    upstream_keepalive = Float(30.0, help=(
+        "Seconds a pooled upstream connection may stay idle before it is closed rather than "
+        "reused (below most servers' own idle timeouts, so a reused connection is rarely "
+        "closed under a request).")).tag(config=True)
+    upstream_proxy = Unicode(None, allow_none=True, help=(
+        "HTTP proxy for upstream calls, e.g. 'http://user:pass@proxy.corp:3128' (https "
+        "upstreams are tunnelled with CONNECT; TLS stays end to end). None (the default) reads "
+        "HTTPS_PROXY / HTTP_PROXY from the environment; '' connects directly.")).tag(config=True)
+    upstream_no_proxy = Unicode(None, allow_none=True, help=(
+        "Comma-separated hosts (or .domain suffixes) reached without the proxy. None (the "
+        "default) reads NO_PROXY from the environment.")).tag(config=True)
     admin_token = Unicode("", help="Bearer token of the standalone admin API. Default: "
                                    "$VKEYS_ADMIN_TOKEN, else one generated into "
                                    "<data_dir>/admin_token (mode 0600).").tag(config=True)
@@ -177,6 +195,28 @@ class VKeysGateway(LoggingConfigurable):
     log_content = Bool(False, help="Store prompts (prompt_text) in the warehouse. Off by "
                                    "default: only a hash of the prompt is kept.").tag(config=True)
 
+    # -- the lean HTTP front's limits and deadlines (read by lean_server.LeanServer) -----
+    max_head_bytes = Int(65536, help=(
+        "Largest request line plus headers (bytes) the lean HTTP front reads; a longer head "
+        "is answered 431 as soon as its bytes pass the limit, however it is split into "
+        "packets (tornado's default limit too).")).tag(config=True)
+    max_url_bytes = Int(16384, help=(
+        "Longest request target (path and query, bytes) the lean HTTP front accepts; "
+        "longer ones are answered 414.")).tag(config=True)
+    head_timeout = Float(30.0, help=(
+        "Seconds a client may take to send a request's line and headers, from their first "
+        "byte (lean HTTP front); then 408 and the connection closes, so a slow trickle "
+        "cannot hold a connection.")).tag(config=True)
+    body_timeout = Float(300.0, help=(
+        "Seconds a client may take to send a request body, from the end of its headers "
+        "(lean HTTP front); then 408 and the connection closes.")).tag(config=True)
+    idle_timeout = Float(75.0, help=(
+        "Seconds a keep-alive connection may wait for its next request before the lean "
+        "HTTP front closes it (never while a response is being sent).")).tag(config=True)
+    max_connections = Int(10000, help=(
+        "Most client connections the lean HTTP front keeps open; one more is answered 503 "
+        "(retry-after: 1) and closed.")).tag(config=True)
+
     def __init__(self, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.clock = clock
@@ -191,6 +231,10 @@ class VKeysGateway(LoggingConfigurable):
         self.sink: EventSink = EventSink()
         self.refusal_pacer = RefusalPacer(0.0)
         self.started_at = 0.0
+        self.cells = CellTracker()
+        self.output_history = OutputHistory()
+        self.lock: DataDirLock | None = None
+        self.control = ControlPlane(self)
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -198,6 +242,18 @@ class VKeysGateway(LoggingConfigurable):
         resolve providers. Called once, on the serving loop, before requests arrive."""
         data = Path(self.data_dir)
         data.mkdir(parents=True, exist_ok=True)
+        # One owner per data directory: raises DataDirBusy (pid and URL of the holder)
+        # before anything in it is opened.
+        self.lock = DataDirLock(data)
+        self.lock.acquire()
+        try:
+            self._open(data)
+        except BaseException:
+            self._close_state()
+            raise
+
+    def _open(self, data: Path) -> None:
+        """Everything :meth:`start` opens once it holds the data directory's lock."""
         pepper = os.environ.get("VKEYS_PEPPER") or _secret_file(data / "pepper")
         self.store = Store(data / "registry.sqlite")
         self.registry = KeyRegistry(self.store, pepper.encode(), clock=self.clock)
@@ -206,7 +262,10 @@ class VKeysGateway(LoggingConfigurable):
         self.policy.parents = self.registry.get
         self.registry.on_change = self.policy.invalidate
         for scope, saved in self.store.load_policies().items():
-            self.policy.set_scope_policy(scope, parse_policy(saved))
+            try:
+                self.policy.set_scope_policy(scope, parse_policy(saved))
+            except PolicyError as exc:  # saved by an older version with laxer checks
+                log.error("jupyter-vkeys: ignoring the saved policy of %s: %s", scope, exc)
         self.prices = PriceTable(self.price_overrides, self.fallback_price)
         self.forwarded_header_names = frozenset(h.lower() for h in self.forward_headers)
         self.refusal_pacer = RefusalPacer(self.rate_refusal_delay)
@@ -245,10 +304,18 @@ class VKeysGateway(LoggingConfigurable):
             log.info("jupyter-vkeys: rebuilt budget counters from the warehouse "
                      "(%s spent in total)", f"${restored / 1e12:,.6f}")
         self.sink = sink
+        self.output_history = OutputHistory(sink.typical_output)
         self.store.on_audit = sink.audit
 
     def _open_transports(self) -> None:
         real = [p for p in self.provider_configs.values() if p.kind != "fake" and p.has_credentials]
+        self.scrubber = Scrubber(p.api_key for p in self.provider_configs.values())
+        proxies = ProxySettings.from_environment()
+        if self.upstream_proxy is not None:
+            proxies = ProxySettings({"http": self.upstream_proxy, "https": self.upstream_proxy},
+                                    proxies.no_proxy)
+        if self.upstream_no_proxy is not None:
+            proxies.no_proxy = self.upstream_no_proxy
         self.fake = FakeTransport(latency_ms=self.fake_latency_ms,
                                   chunk_delay_ms=self.fake_chunk_delay_ms)
         use_fake_for_all = self.fake_mode == "always" or (self.fake_mode == "auto" and not real)
@@ -263,7 +330,9 @@ class VKeysGateway(LoggingConfigurable):
                 client = LeanTransport if self.upstream_client == "lean" else HttpTransport
                 self.transports[name] = client(connect_timeout=self.connect_timeout,
                                                read_timeout=self.read_timeout,
-                                               ssl_context=context)
+                                               ssl_context=context,
+                                               keepalive_timeout=self.upstream_keepalive,
+                                               proxies=proxies)
         if use_fake_for_all:
             log.warning("jupyter-vkeys: no provider credentials configured; every model is "
                         "answered by the OFFLINE FAKE provider (set OPENAI_API_KEY / "
@@ -275,12 +344,32 @@ class VKeysGateway(LoggingConfigurable):
                                 "answer 503", name, provider.credential_source)
 
     async def stop(self) -> None:
-        """Close upstream connections, the event sink and the store. Called at shutdown."""
-        for transport in set(self.transports.values()):
-            await transport.close()
-        self.sink.close()
-        if self.store is not None:
-            self.store.close()
+        """Close upstream connections, the event sink and the store, remove the published
+        address and release the data directory. Called at shutdown."""
+        try:
+            for transport in set(self.transports.values()):
+                await transport.close()
+        finally:
+            self._close_state()
+
+    def _close_state(self) -> None:
+        """Close the sink and the store, then let go of the data directory (idempotent)."""
+        try:
+            self.sink.close()
+            if self.store is not None:
+                self.store.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def publish(self, url: str, kind: str = "standalone", **extra: Any) -> None:
+        """Say where this gateway's admin API answers (``<data_dir>/gateway.json``), so the
+        CLI goes through it. Called once serving: by ``jupyter vkeys serve`` with its URL,
+        by the Jupyter extension with ``kind="jupyter"`` and the server's URL + prefix.
+        Removed again by :meth:`stop`."""
+        if self.lock is None or not self.lock.held:
+            raise RuntimeError("publish() needs a started gateway (it holds the data dir)")
+        publish(self.data_dir, url, kind, **extra)
 
     # -- lookups used by the handlers --------------------------------------------------
     def route(self, model: str) -> tuple[ModelEntry, ProviderConfig, Transport | None] | None:
@@ -308,38 +397,11 @@ class VKeysGateway(LoggingConfigurable):
             return env
         return _secret_file(Path(self.data_dir) / "admin_token")
 
-    # -- control plane helpers ---------------------------------------------------------
-    def set_scope_policy(self, scope: str, fields: dict[str, Any] | None, *, actor: str,
-                         replace: bool = True) -> dict[str, Any] | None:
-        """Validate, persist (with audit) and install a scope policy; returns the saved dict."""
-        check_scope(scope)
-        if scope.startswith("key:"):
-            raise ValueError("key policies are changed with PATCH /api/keys/{id}")
-        before = self.store.load_policies().get(scope)
-        if fields is None:
-            after = None
-        else:
-            base = None if replace or before is None else parse_policy(before)
-            after = parse_policy(fields, base=base).as_dict() or None
-        self.store.save_policy(scope, before, after, actor=actor)
-        self.policy.set_scope_policy(scope, parse_policy(after) if after else None)
-        return after
-
+    # -- control plane (kept for callers of the gateway; see runtime.ControlPlane) -----
     def scope_report(self, scope: str) -> dict[str, Any]:
-        """Policy, spend, holds and reset times of a scope (admin API, widgets)."""
-        check_scope(scope)
-        if scope.startswith("key:"):
-            record = self.registry.get(scope[4:])
-            policy = self.policy.key_policy(record) if record else parse_policy(None)
-        else:
-            policy = self.policy.scope_policies.get(scope) or parse_policy(None)
-        return self.policy.report(scope, policy)
+        """Policy, spend, holds and reset times of a scope (:meth:`ControlPlane.scope_report`)."""
+        return self.control.scope_report(scope)
 
     def key_report(self, record: KeyRecord) -> dict[str, Any]:
-        """A key's public record plus its limits and spend on every scope of its path."""
-        from ..store import public_view
-
-        view = public_view(record) or {}
-        view["state"] = record.state(self.clock())
-        view["limits"] = [self.scope_report(scope) for scope in self.policy.scope_path(record)]
-        return view
+        """A key's record, limits and spend (:meth:`ControlPlane.key_report`)."""
+        return self.control.key_report(record)

@@ -85,7 +85,11 @@ class TornadoExchange(Exchange):
             raise ClientGone() from None
 
     def finish(self, data: bytes = b"") -> None:
-        self.handler.finish(data)
+        handler = self.handler
+        status = handler.get_status()
+        if status in (204, 304) or status < 200:  # no body (tornado raises on b"" too)
+            data = b""
+        handler.finish(data or None)
 
     def abort(self) -> None:
         self.handler.request.connection.close()
@@ -111,6 +115,15 @@ class DataPlaneHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("content-type", "application/json")
 
+    def prepare(self) -> None:
+        """The access log (tornado's, or the Jupyter server's, which read ``request.uri``)
+        gets the path only: a query string may carry what a log must not (ids, keys
+        pasted by mistake); the parsed arguments stay available."""
+        self.request.uri = self.request.path
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+
     def authenticate(self) -> KeyRecord:
         """The caller's key record; raises a 401 :class:`ApiError` saying why not."""
         headers = self.request.headers
@@ -126,7 +139,15 @@ class DataPlaneHandler(tornado.web.RequestHandler):
         reason = self._reason or "error"
         kind = {404: "not_found", 405: "invalid_request", 413: "too_large"}.get(
             status_code, "invalid_request" if status_code < 500 else "internal")
-        self.finish(ApiError(status_code, kind, f"{status_code} {reason}").body(self.dialect))
+        message = f"{status_code} {reason}"
+        if status_code == 405:
+            allowed = [verb.upper() for verb in ("get", "post", "put", "patch", "delete")
+                       if getattr(type(self), verb) is not getattr(tornado.web.RequestHandler,
+                                                                   verb)]
+            self.set_header("allow", ", ".join(allowed))
+            message = (f"method {self.request.method} is not allowed on {self.request.path} "
+                       f"(allowed: {', '.join(allowed) or 'none'})")
+        self.finish(ApiError(status_code, kind, message).body(self.dialect))
 
 
 class ProxyHandler(DataPlaneHandler):
@@ -149,6 +170,28 @@ class ProxyHandler(DataPlaneHandler):
             self._task = None
 
 
+def callable_models(gateway: VKeysGateway, record: KeyRecord) -> list[tuple[str, str]]:
+    """``(model, provider)`` of every named catalog model ``record`` may call and the
+    gateway can route; for the ``/models`` routes."""
+    names = []
+    for entry in gateway.catalog.named_models():
+        try:
+            gateway.policy.resolve(record, entry.match)
+        except Refusal:
+            continue
+        if gateway.route(entry.match) is not None:
+            names.append((entry.match, entry.provider))
+    return names
+
+
+def model_object(dialect: str, name: str, provider: str) -> dict[str, Any]:
+    """One model as the dialect's ``/models`` answers describe it."""
+    if dialect == "anthropic":
+        return {"type": "model", "id": name, "display_name": name,
+                "created_at": "1970-01-01T00:00:00Z"}
+    return {"id": name, "object": "model", "created": 0, "owned_by": provider}
+
+
 class ModelsHandler(DataPlaneHandler):
     """``GET .../v1/models``: the catalog's named models this key may call."""
 
@@ -159,21 +202,70 @@ class ModelsHandler(DataPlaneHandler):
         except ApiError as error:
             self.send_api_error(error)
             return
-        gw = self.gateway
-        names = []
-        for entry in gw.catalog.named_models():
-            try:
-                gw.policy.resolve(record, entry.match)
-            except Refusal:
-                continue
-            if gw.route(entry.match) is not None:
-                names.append((entry.match, entry.provider))
+        data = [model_object(self.dialect, n, p)
+                for n, p in callable_models(self.gateway, record)]
         if self.dialect == "anthropic":
-            data = [{"type": "model", "id": n, "display_name": n,
-                     "created_at": "1970-01-01T00:00:00Z"} for n, _ in names]
             self.finish(orjson.dumps({"data": data, "has_more": False,
                                       "first_id": data[0]["id"] if data else None,
                                       "last_id": data[-1]["id"] if data else None}))
         else:
-            self.finish(orjson.dumps({"object": "list", "data": [
-                {"id": n, "object": "model", "created": 0, "owned_by": p} for n, p in names]}))
+            self.finish(orjson.dumps({"object": "list", "data": data}))
+
+
+class ModelHandler(DataPlaneHandler):
+    """``GET .../v1/models/{id}`` (``client.models.retrieve(id)`` in both SDKs): the model
+    object of a catalog model this key may call, else 404 in the dialect."""
+
+    @public_endpoint
+    def get(self, model: str) -> None:
+        try:
+            record = self.authenticate()
+        except ApiError as error:
+            self.send_api_error(error)
+            return
+        for name, provider in callable_models(self.gateway, record):
+            if name == model:
+                self.finish(orjson.dumps(model_object(self.dialect, name, provider)))
+                return
+        self.send_api_error(ApiError(
+            404, "not_found", f"model {model!r} is not in this gateway's catalog or this key "
+            "may not call it (GET .../v1/models lists the models it may call)",
+            param="model"))
+
+
+# Endpoints of the providers' APIs that this gateway does not relay (named in its 404s).
+UNSUPPORTED = ("moderations", "files", "batches", "fine_tuning", "images", "audio",
+               "assistants", "threads", "vector_stores", "uploads", "realtime", "containers",
+               "evals", "conversations", "messages/batches", "skills")
+
+
+class NotFoundHandler(DataPlaneHandler):
+    """Every other path under the gateway's prefix, any method: 404 in the dialect of
+    the path (Anthropic's under ``.../anthropic/``), naming what is served instead.
+    Mounted last, after every route of the gateway."""
+
+    def initialize(self, gateway: VKeysGateway, operation: str = "", dialect: str = "openai",
+                   anthropic_prefix: str = "") -> None:
+        super().initialize(gateway, operation, dialect)
+        # (inside Jupyter the path starts with base_url, which the route table adds)
+        if anthropic_prefix and anthropic_prefix in self.request.path:
+            self.dialect = "anthropic"
+
+    @public_endpoint
+    def get(self, *args: str) -> None:
+        self.not_found()
+
+    post = put = patch = delete = head = options = get
+
+    def not_found(self) -> None:
+        """Answer 404, naming the provider endpoint this gateway does not relay."""
+        path = self.request.path
+        endpoint = path.partition("/v1/")[2]
+        if any(endpoint == name or endpoint.startswith(name + "/") for name in UNSUPPORTED):
+            message = (f"this gateway does not serve /v1/{endpoint}: it relays "
+                       + ("messages, messages/count_tokens and models" if
+                          self.dialect == "anthropic" else
+                          "chat/completions, completions, embeddings, responses and models"))
+        else:
+            message = f"no such route on this gateway: {self.request.method} {path}"
+        self.send_api_error(ApiError(404, "not_found", message, code="not_found"))

@@ -64,3 +64,14 @@ class ApiError(Exception):
             payload = {"error": {"message": self.message, "type": self.openai_type or oa_type,
                                  "code": self.code or oa_code, "param": self.param}}
         return orjson.dumps(payload)
+
+
+def neutral_body(error: ApiError) -> bytes:
+    """``error`` as a body both SDKs read, for refusals made before the request's route
+    (and so its dialect) is known: the lean front's connection cap. Anthropic's
+    ``{"type": "error", "error": {"type", "message"}}`` with OpenAI's ``code`` and
+    ``param`` beside them in ``error``."""
+    oa_type, oa_code, an_type = _DIALECT.get(error.kind, _DIALECT["internal"])
+    return orjson.dumps({"type": "error", "error": {
+        "type": an_type, "message": error.message, "code": error.code or oa_code,
+        "param": error.param}})

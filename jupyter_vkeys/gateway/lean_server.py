@@ -16,7 +16,15 @@ and :mod:`.dataplane` carries the calls.
 Requests on one connection are answered in order (pipelined ones wait their
 turn); reading pauses while too many wait. Bodies over ``max_body_bytes`` are
 refused with 413 as soon as their declared length is known, and the
-connection is closed without reading them.
+connection is closed without reading them. Heads over ``max_head_bytes`` get
+431 however they are split into packets, targets over ``max_url_bytes`` 414;
+a head or body not received within ``head_timeout`` / ``body_timeout`` of its
+start gets 408; idle keep-alive connections close after ``idle_timeout``; past
+``max_connections`` a new connection gets 503. ``Upgrade`` and ``CONNECT`` are
+refused (400), as is a missing, repeated or invalid ``Host`` (400, and the
+connection goes on). Every refusal is JSON in the route's dialect; one that
+ends the connection sends FIN and drops what still arrives for a moment, so
+the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import re
+import select
 import socket
 import time
 from collections import deque
@@ -35,14 +45,13 @@ import tornado.web
 from tornado.concurrent import Future
 
 from .core import VKeysGateway
-from .errors import ApiError
+from .errors import ApiError, neutral_body
 from .exchange import ClientGone, Exchange
 from .proxy import ProxyCall
 
 log = logging.getLogger("jupyter_vkeys.gateway")
 
 _MAX_QUEUED = 16  # pipelined requests held before reading pauses
-_MAX_HEAD = 65536  # bytes of request line and headers accepted (tornado's default too)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES: dict[int, bytes] = {}
 
@@ -110,21 +119,28 @@ class LeanServer:
 
     Created after :meth:`VKeysGateway.start` by the CLI's ``serve`` (with every route)
     and by the Jupyter extension (a loopback front for kernels, without the admin
-    API); :meth:`listen` starts accepting, :meth:`stop` stops. Connections idle for
-    ``idle_timeout`` seconds (including ones that never finish sending a request)
-    are closed.
+    API); :meth:`listen` starts accepting, :meth:`stop` stops. Limits and deadlines
+    come from the gateway's traits (``max_head_bytes``, ``max_url_bytes``,
+    ``head_timeout``, ``body_timeout``, ``idle_timeout``, ``max_connections``); the
+    attributes of the same names may be changed while it runs.
     """
 
     def __init__(self, gateway: VKeysGateway, app: tornado.web.Application,
                  proxy_routes: dict[str, tuple[str, str]], *,
-                 idle_timeout: float = 3600.0) -> None:
+                 idle_timeout: float | None = None) -> None:
         self.gateway = gateway
         self.app = app
         self.proxy_routes = proxy_routes
-        self.idle_timeout = idle_timeout
+        self.max_head = gateway.max_head_bytes
+        self.max_url = gateway.max_url_bytes
+        self.head_timeout = gateway.head_timeout
+        self.body_timeout = gateway.body_timeout
+        self.idle_timeout = gateway.idle_timeout if idle_timeout is None else idle_timeout
+        self.max_connections = gateway.max_connections
         self.dialect_of = {path.rsplit("/v1/", 1)[0]: dialect
                            for path, (_, dialect) in proxy_routes.items()}
         self.connections: set[_Connection] = set()
+        self.lingering: set[_Connection] = set()
         self.server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -136,16 +152,16 @@ class LeanServer:
         return sock.getsockname()[1]
 
     def _sweep_every(self) -> float:
-        return min(max(self.idle_timeout / 4, 0.05), 30.0)
+        shortest = min(self.idle_timeout, self.head_timeout, self.body_timeout)
+        return min(max(shortest / 4, 0.05), 30.0)
 
     def sweep_idle(self) -> None:
-        """Close connections idle longer than ``idle_timeout``. Runs on its own every
-        ``idle_timeout / 4`` seconds (at most 30): one timer for all connections rather
-        than one per request."""
-        limit = time.monotonic() - self.idle_timeout
+        """Enforce every connection's deadlines (:meth:`_Connection.expire`). Runs on its
+        own every quarter of the shortest deadline (at most 30 s): one timer for all
+        connections rather than one per request."""
+        now = time.monotonic()
         for conn in list(self.connections):
-            if not conn.busy and conn.last_active < limit:
-                conn.abort()
+            conn.expire(now)
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(),
@@ -158,7 +174,7 @@ class LeanServer:
             self._sweeper.cancel()
         if self.server is not None:
             self.server.close()
-        for conn in list(self.connections):
+        for conn in [*self.connections, *self.lingering]:
             conn.abort()
 
     def dialect_for(self, path: str) -> str:
@@ -169,12 +185,30 @@ class LeanServer:
         return "openai"
 
 
+class _Stop(Exception):
+    """Raised from a parser callback after a refusal: stops parsing the read at once."""
+
+
+# What the parser is reading on a connection.
+_IDLE, _HEAD, _BODY = 0, 1, 2
+_LINGER = 2.0  # seconds a refused client's further bytes are read (and dropped) before close
+_LINGER_BYTES = 1 << 20  # ... and at most this many
+# Host header values accepted (RFC 3986 host and port; no comma: tornado refuses those too).
+_HOST = re.compile(r"(\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(:[0-9]*)?")
+
+
 class _Connection(asyncio.Protocol):
-    """One client connection: parses requests and answers them one at a time."""
+    """One client connection: parses requests and answers them one at a time.
+
+    Head bytes are counted per read, since httptools reports a header only once it
+    is complete: a head still open after a read that began inside it is that many
+    bytes longer; a head that began in this read is at least what was reported.
+    """
 
     def __init__(self, server: LeanServer) -> None:
         self.server = server
         self.max_body = server.gateway.max_body_bytes
+        self.max_head = server.max_head
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -185,35 +219,104 @@ class _Connection(asyncio.Protocol):
         self.writing_paused = False
         self.drain: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
+        self.exchange: _LeanExchange | None = None  # of the data-plane call in flight
         self.on_close: Callable[[], None] | None = None
+        self.state = _IDLE
+        self.started = 0.0  # when the head or body being read began (monotonic)
+        self.eof = False  # the client half-closed: answer what was read, then close
+        self._dropped = 0  # bytes received once closing (dropped unread)
         self._url = b""
         self._items: list[tuple[str, str]] = []
         self._body: list[bytes] = []
         self._size = 0
         self._keep_alive = True
         self._refused = False
+        self._refusal: ApiError | None = None
         self._head_size = 0
+        self._wire = 0  # bytes of whole reads that went to the body being read
+        self._counting = True  # header callbacks count head bytes (not in continued reads)
+        self._completed = 0  # messages read to their end
+        self._good_host = ""
         self.last_active = time.monotonic()
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= server.max_connections:
+            self.closing = True
+            error = ApiError(503, "unavailable", "the gateway holds its limit of "
+                             f"{server.max_connections} open connections; retry shortly",
+                             code="too_many_connections", headers={"retry-after": "1"})
+            body = neutral_body(error)
+            self.transport.write(_head(503, [("content-type", "application/json"),
+                                             ("retry-after", "1")],
+                                       b"content-length: %d\r\nconnection: close\r\n\r\n"
+                                       % len(body)) + body)
+            self._linger()
+            return
+        server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing:  # refused, or lingering before close: what follows is not read
+            self._dropped += len(data)
+            if self._dropped > _LINGER_BYTES:
+                self.abort()
             return
-        self.last_active = time.monotonic()
         try:
+            if self.state == _HEAD:
+                self._feed_head(data)
+                return
+            completed = self._completed
+            began_idle = self.state == _IDLE
             self.parser.feed_data(data)
+            if self.state == _HEAD:  # a head began in this read and is still open
+                if began_idle and completed == self._completed:
+                    self._head_size = len(data)  # the whole read (stray CRLFs aside)
+                if self._head_size > self.max_head:
+                    self._refuse_head()
+            elif self.state == _BODY and not began_idle and completed == self._completed:
+                self._size_wire(len(data))
         except httptools.HttpParserUpgrade:
-            pass  # no upgrades here: the request (already complete) is answered as HTTP/1.1
+            if not self.closing:  # (refused in on_headers_complete: never reached)
+                self._refuse_now(_upgrade_refusal())
         except httptools.HttpParserError as exc:
-            self._refuse_now(ApiError(400, "invalid_request", f"malformed HTTP request ({exc})"))
+            if not self.closing:
+                self._refuse_now(ApiError(400, "invalid_request",
+                                          f"malformed HTTP request ({exc})"))
+        except _Stop:  # raised outside a callback: already refused
+            pass
+
+    def _feed_head(self, data: bytes) -> None:
+        """Feed a read that continues a head begun earlier: every byte up to the head's
+        end belongs to it, so the head is refused (431) the moment it passes the limit,
+        exactly, however the client splits it."""
+        self._counting = False
+        room = self.max_head - self._head_size
+        if len(data) <= room:
+            self.parser.feed_data(data)
+            if self.state == _HEAD:
+                self._head_size += len(data)
+            return
+        view = memoryview(data)
+        self.parser.feed_data(view[:room + 1])
+        if self.state == _HEAD:
+            self._head_size += room + 1
+            self._refuse_head()
+        elif not self.closing:
+            self.parser.feed_data(view[room + 1:])
+
+    def _size_wire(self, size: int) -> None:
+        """A whole read went to the body being read: chunk framing and trailers count
+        against ``max_body_bytes`` too (with the head's allowance for framing)."""
+        self._wire += size
+        if self._wire > self.max_body + self.max_head and not self.closing:
+            self._too_large(self._wire)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
+        self.server.lingering.discard(self)
         if self.task is not None and not self.task.done():
             self.task.cancel()
         if self.on_close is not None:
@@ -235,42 +338,85 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_message_begin(self) -> None:
+        self.state = _HEAD
+        self.started = time.monotonic()
         self._url = b""
         self._items = []
         self._body = []
         self._size = 0
+        self._wire = 0
         self._head_size = 0
+        self._counting = True
         self._refused = False
+        self._refusal = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_head(len(url))
+        if len(self._url) > self.server.max_url:
+            self._refuse_now(ApiError(414, "invalid_request", "request target exceeds the "
+                                      f"gateway's limit of {self.server.max_url} bytes"))
+            raise _Stop
+        if self._counting:
+            self._head_size += len(url)
+            if self._head_size > self.max_head:
+                self._refuse_head()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._refused:
-            self._items.append((name.decode("latin-1"), value.decode("latin-1")))
-            self._count_head(len(name) + len(value))
+        if self.state != _HEAD:  # a chunked body's trailer: never taken for a header
+            self._size += len(name) + len(value) + 4
+            if self._size > self.max_body:
+                self._too_large(self._size)
+                raise _Stop
+            return
+        self._items.append((name.decode("latin-1"), value.decode("latin-1")))
+        if self._counting:
+            self._head_size += len(name) + len(value) + 4
+            if self._head_size > self.max_head:
+                self._refuse_head()
 
-    def _count_head(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > _MAX_HEAD and not self._refused:
-            self._refuse_now(ApiError(431, "too_large", "request line and headers exceed the "
-                                      f"gateway's limit of {_MAX_HEAD} bytes"))
+    def _refuse_head(self) -> None:
+        self._refuse_now(ApiError(431, "too_large", "request line and headers exceed the "
+                                  f"gateway's limit of {self.max_head} bytes"))
+        raise _Stop
 
     def on_headers_complete(self) -> None:
-        if self._refused:
-            return
-        self._keep_alive = self.parser.should_keep_alive()
+        self.state = _BODY
+        self.started = time.monotonic()
+        parser = self.parser
+        if parser.should_upgrade():  # Upgrade or CONNECT: what follows is not HTTP/1.1
+            self._refuse_now(_upgrade_refusal())
+            raise _Stop
+        self._keep_alive = parser.should_keep_alive()
         expect = False
+        hosts = 0
+        host = ""
         for name, value in self._items:
             lname = name.lower()
             if lname == "content-length" and value.isdigit() and int(value) > self.max_body:
                 self._too_large(int(value))
-                return
-            if lname == "expect" and value.lower() == "100-continue":
+                raise _Stop
+            if lname == "host":
+                hosts += 1
+                host = value
+            elif lname == "expect" and value.lower() == "100-continue":
                 expect = True
-        if expect and not self.busy and not self.queue:
+        if hosts != 1 or host != self._good_host:
+            self._check_host(hosts, host)
+        if expect and not self.busy and not self.queue and self._refusal is None:
             self.transport.write(_CONTINUE)
+
+    def _check_host(self, hosts: int, host: str) -> None:
+        """RFC 9112 3.2: one valid Host (HTTP/1.1 requires it); otherwise the request is
+        answered 400 once read, and the connection goes on."""
+        if hosts == 1 and _HOST.fullmatch(host):
+            self._good_host = host
+        elif hosts > 1:
+            self._refusal = ApiError(400, "invalid_request", "more than one Host header")
+        elif hosts == 1:
+            self._refusal = ApiError(400, "invalid_request", f"invalid Host header {host!r}")
+        elif self.parser.get_http_version() != "1.0":
+            self._refusal = ApiError(400, "invalid_request",
+                                     "missing Host header (HTTP/1.1 requires one)")
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
@@ -278,35 +424,53 @@ class _Connection(asyncio.Protocol):
         self._size += len(body)
         if self._size > self.max_body:
             self._too_large(self._size)
-            return
+            raise _Stop
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.state = _IDLE
+        self._completed += 1
         if self._refused:
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._enqueue(_Request(self.parser.get_method().decode("latin-1"),
                                self._url.decode("latin-1"), self.parser.get_http_version(),
-                               self._items, body, self._keep_alive))
+                               self._items, body, self._keep_alive, self._refusal))
+
+    # -- deadlines -----------------------------------------------------------------------
+    def expire(self, now: float) -> None:
+        """Called by :meth:`LeanServer.sweep_idle`: a head or body not received within its
+        deadline is answered 408 (after any earlier responses) and the connection closes;
+        a keep-alive connection idle past ``idle_timeout`` is closed. Nothing expires
+        while reading is paused for the client's earlier requests."""
+        if self.closing or self.reading_paused:
+            return
+        server = self.server
+        if self.state == _HEAD and now - self.started > server.head_timeout:
+            self._refuse_now(ApiError(408, "timeout", "request line and headers not received "
+                                      f"within the gateway's limit of {server.head_timeout:g} s"))
+        elif self.state == _BODY and now - self.started > server.body_timeout:
+            self._refuse_now(ApiError(408, "timeout", "request body not received within the "
+                                      f"gateway's limit of {server.body_timeout:g} s"))
+        elif (self.state == _IDLE and not self.busy and not self.queue
+              and now - self.last_active > server.idle_timeout):
+            self.closing = True
+            self.transport.close()
 
     # -- requests in turn --------------------------------------------------------------
     def _too_large(self, size: int) -> None:
         """Refuse the request being read; the rest of its body is never read."""
-        self._refused = True
-        self.closing = True  # stop parsing: the connection ends after the 413
-        self._enqueue(_Request(self.parser.get_method().decode("latin-1"),
-                               self._url.decode("latin-1"), self.parser.get_http_version(),
-                               self._items, b"", False, ApiError(
-                                   413, "too_large", f"request body of {size} bytes exceeds "
-                                   f"the gateway's limit of {self.max_body} bytes")))
+        self._refuse_now(ApiError(413, "too_large", f"request body of {size} bytes exceeds "
+                                  f"the gateway's limit of {self.max_body} bytes"),
+                         method=self.parser.get_method().decode("latin-1"))
 
-    def _refuse_now(self, error: ApiError) -> None:
+    def _refuse_now(self, error: ApiError, method: str = "GET") -> None:
         """Answer ``error`` after any earlier requests, then close: the rest of what the
         client sends is not read."""
         self._refused = True
         self.closing = True
         url = self._url.decode("latin-1") or "/"  # as much as was read: picks the dialect
-        self._enqueue(_Request("GET", url, "1.1", [], b"", False, error))
+        self._enqueue(_Request(method, url, "1.1", self._items, b"", False, error))
 
     def _enqueue(self, request: _Request) -> None:
         self.queue.append(request)
@@ -333,6 +497,7 @@ class _Connection(asyncio.Protocol):
         route = self.server.proxy_routes.get(path) if request.method == "POST" else None
         if route is not None:
             call = ProxyCall(self.server.gateway, exchange, route[0], route[1])
+            self.exchange = exchange
             self.task = task = self.loop.create_task(call.run())
             task.add_done_callback(exchange.task_done)
         else:
@@ -344,12 +509,89 @@ class _Connection(asyncio.Protocol):
         self.on_close = None
         self.busy = False
         self.last_active = time.monotonic()
-        if not keep_alive or self.transport.is_closing():
+        if self.transport.is_closing():
             self.closing = True
-            self.transport.close()
+        elif not keep_alive or (self.eof and not self.queue):
+            self.closing = True
+            self._linger()
         elif self.queue:  # a pipelined request: started after this call unwinds
             self.busy = True
             self.loop.call_soon(self._next)
+
+    def _linger(self) -> None:
+        """Close after a response that ends the connection: send FIN once it is written,
+        then drop what the client still sends for a moment (closing with unread bytes
+        would reset the connection, and the client could lose the response), at most
+        ``_LINGER`` seconds and ``_LINGER_BYTES``."""
+        transport = self.transport
+        self.server.connections.discard(self)
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        if self.eof:  # the client has already finished sending
+            transport.close()
+        elif transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:  # the client is already gone (ENOTCONN)
+                transport.abort()
+                return
+            self.server.lingering.add(self)
+            self.loop.call_later(_LINGER, self.abort)
+        else:
+            transport.close()
+
+    def eof_received(self) -> bool:
+        """The client sent FIN (asyncio asks whether to keep the transport open). While
+        lingering, or with nothing to answer, that ends the connection; otherwise the
+        requests already read are answered, then ``response_done`` closes it. With a
+        data-plane call in flight, :meth:`_probe` finds out whether the client left."""
+        self.eof = True
+        keep = not self.closing and (self.busy or bool(self.queue))
+        if keep and self.task is not None and not self.task.done():
+            self.loop.call_later(_PROBE_AFTER, self._probe, self.task, 0.0)
+        return keep
+
+    def _nudge(self, exchange: "_LeanExchange | None") -> None:
+        """Write something every client ignores, so that the host of a client that closed
+        its socket answers with a reset: an interim ``100 Continue`` before the head
+        (HTTP/1.1 clients skip 1xx), an SSE comment inside an event stream (the relay
+        writes whole events, so it falls between two)."""
+        if exchange is None or exchange.request.version != "1.1":
+            return
+        if not exchange.head_sent:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        for name, value in exchange._headers:
+            if name.lower() == "content-type" and value.startswith("text/event-stream"):
+                self.transport.write(b"%x\r\n%s\r\n" % (len(_PROBE), _PROBE)
+                                     if exchange._chunked else _PROBE)
+                return
+
+    def _probe(self, task: asyncio.Task, delay: float) -> None:
+        """A FIN came while ``task`` (a data-plane call) runs: a half-closed client still
+        reads its answer, a client that left does not, and its host resets the
+        connection. On a reset, drop the connection, which cancels the call, so the
+        upstream stops at once and the call is charged what it cost so far. Polled at
+        growing intervals (up to 1 s) while the call runs; a call that ends within
+        ``_PROBE_AFTER`` of the FIN is answered without any of this."""
+        if task.done() or self.closing or self.task is not task:
+            return
+        if not delay:
+            self._nudge(self.exchange)
+            self.loop.call_later(0.02, self._probe, task, 0.02)
+            return
+        sock = self.transport.get_extra_info("socket")
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            gone = any(mask & (select.POLLERR | select.POLLHUP) for _, mask in poller.poll(0))
+        except (OSError, ValueError):
+            gone = True
+        if gone:
+            self.abort()
+            return
+        self.loop.call_later(delay, self._probe, task, min(delay * 2, 1.0))
 
     def abort(self) -> None:
         """Drop the connection at once (the client sees a cut response)."""
@@ -368,14 +610,38 @@ class _Connection(asyncio.Protocol):
                 raise ClientGone()
 
 
+_PROBE = b": probe\n\n"  # an SSE comment: clients skip it
+_PROBE_AFTER = 0.25  # seconds after a FIN before a call still running is probed
+
+
+def _upgrade_refusal() -> ApiError:
+    return ApiError(400, "invalid_request", "protocol upgrades (Upgrade, CONNECT) are not "
+                    "served by this gateway; send plain HTTP/1.1 requests")
+
+
 def _head(status: int, headers: Iterable[tuple[str, str]], framing: bytes) -> bytes:
-    """A response head: status line, ``headers``, date and the framing header(s)."""
+    """A response head: status line, ``headers``, date and the framing header(s).
+
+    A header whose name or value could end the line early (CR, LF, NUL) or that is not
+    latin-1 is left out, with a warning: nothing a handler or an upstream supplies can
+    add a header or a response of its own."""
     parts = [_status_line(status)]
     for name, value in headers:
-        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        line = f"{name}: {value}\r\n"
+        if "\r" in line[:-2] or "\n" in line[:-2] or "\0" in line or ":" in name:
+            log.warning("jupyter-vkeys: response header %r dropped (CR, LF or NUL in it)",
+                        name)
+            continue
+        try:
+            parts.append(line.encode("latin-1"))
+        except UnicodeEncodeError:
+            log.warning("jupyter-vkeys: response header %r dropped (not latin-1)", name)
     parts.append(_date_header())
     parts.append(framing)
     return b"".join(parts)
+
+
+_BODYLESS = frozenset({204, 304})
 
 
 class _LeanExchange(Exchange):
@@ -441,8 +707,13 @@ class _LeanExchange(Exchange):
             return
         if not self._sent:
             self._sent = True
-            framing = b"content-length: %d\r\n%s\r\n" % (
-                len(data), b"" if keep else b"connection: close\r\n")
+            connection = (b"" if self.request.version == "1.1" else
+                          b"connection: keep-alive\r\n") if keep else b"connection: close\r\n"
+            if self._status in _BODYLESS or self._status < 200:  # no body, no length
+                framing = connection + b"\r\n"
+                data = b""
+            else:
+                framing = b"content-length: %d\r\n%s\r\n" % (len(data), connection)
             conn.transport.write(_head(self._status, self._headers, framing) + data)
         elif self._chunked:
             conn.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data) if data
@@ -477,18 +748,28 @@ class _TornadoBridge(tornado.httputil.HTTPConnection):
         self.request = request
         self.context = _Context(conn.transport)
         self._chunked = False
+        self._bodyless = False
         self._keep_alive = request.keep_alive
 
     def run(self, app: tornado.web.Application) -> None:
-        """Feed the request to ``app`` as tornado's own HTTP server would."""
+        """Feed the request to ``app`` as tornado's own HTTP server would. What tornado
+        refuses to take as a request (``HTTPInputError``: a header or query it finds
+        invalid) is answered 400 in the route's dialect, and the connection goes on."""
         request = self.request
-        headers = tornado.httputil.HTTPHeaders()
-        for name, value in request.items:
-            headers.add(name, value)
-        start_line = tornado.httputil.RequestStartLine(request.method, request.url,
-                                                       "HTTP/" + request.version)
-        delegate = app.start_request(None, self)
-        delegate.headers_received(start_line, headers)
+        try:
+            headers = tornado.httputil.HTTPHeaders()
+            for name, value in request.items:
+                headers.add(name, value)
+            start_line = tornado.httputil.RequestStartLine(request.method, request.url,
+                                                           "HTTP/" + request.version)
+            delegate = app.start_request(None, self)
+            delegate.headers_received(start_line, headers)
+        except tornado.httputil.HTTPInputError as exc:
+            path = request.url.partition("?")[0]
+            _LeanExchange(self.conn, request).send_error(
+                ApiError(400, "invalid_request", f"bad request: {exc}"),
+                self.conn.server.dialect_for(path))
+            return
         if request.body:
             delegate.data_received(request.body)
         delegate.finish()
@@ -501,6 +782,7 @@ class _TornadoBridge(tornado.httputil.HTTPConnection):
         status = start_line.code
         lowered = {name.lower() for name in headers}
         bodyless = status in (204, 304) or 100 <= status < 200 or self.request.method == "HEAD"
+        self._bodyless = bodyless  # (a HEAD answer's body is never sent)
         if "content-length" in lowered or bodyless:
             framing = b"\r\n"
         elif self.request.version == "1.1" and self._keep_alive:
@@ -509,8 +791,11 @@ class _TornadoBridge(tornado.httputil.HTTPConnection):
         else:
             self._keep_alive = False
             framing = b"\r\n"
-        if not self._keep_alive and "connection" not in lowered:
-            framing = b"connection: close\r\n" + framing
+        if "connection" not in lowered:
+            if not self._keep_alive:
+                framing = b"connection: close\r\n" + framing
+            elif self.request.version != "1.1":  # HTTP/1.0 keeps a connection only if told
+                framing = b"connection: keep-alive\r\n" + framing
         pairs = [(name, value) for name, value in headers.get_all()
                  if name.lower() != "date"]
         self._send(_head(status, pairs, framing) + self._frame(chunk))
@@ -530,7 +815,7 @@ class _TornadoBridge(tornado.httputil.HTTPConnection):
             self.conn.transport.write(data)
 
     def _frame(self, chunk: bytes | None) -> bytes:
-        if not chunk:
+        if not chunk or self._bodyless:
             return b""
         return b"%x\r\n%s\r\n" % (len(chunk), chunk) if self._chunked else chunk
 

@@ -32,6 +32,7 @@ from .core import VKeysGateway
 from .errors import ApiError
 from .exchange import ClientGone, Exchange
 from .metering import meter_for
+from .dry_run import estimate
 from .request_fields import choice_count, output_cap
 
 log = logging.getLogger("jupyter_vkeys.gateway")
@@ -81,12 +82,14 @@ def refusal_error(refusal: Refusal) -> ApiError:
 
 
 def upstream_error(exc: UpstreamError) -> ApiError:
-    """The client's error for an upstream that failed before answering."""
+    """The client's error for an upstream that failed before answering: 504 for a
+    timeout, 502 for a connection that failed, a TLS failure or unusable HTTP."""
     if exc.kind == "timeout":
         return ApiError(504, "timeout", f"upstream timed out: {exc.message}",
                         event_status="timeout")
-    return ApiError(502, "upstream", f"upstream unreachable: {exc.message}",
-                    event_status="upstream_error")
+    what = {"tls": "upstream TLS failed", "protocol": "upstream answered badly"}.get(
+        exc.kind, "upstream unreachable")
+    return ApiError(502, "upstream", f"{what}: {exc.message}", event_status="upstream_error")
 
 
 def token_of(authorization: str | None, api_key: str | None, dialect: str) -> str | None:
@@ -130,7 +133,7 @@ class ProxyCall:
     """
 
     __slots__ = ("gateway", "exchange", "operation", "dialect", "call", "_ticket", "_meter",
-                 "_rates", "_concluded")
+                 "_rates", "_concluded", "_cell")
 
     def __init__(self, gateway: VKeysGateway, exchange: Exchange, operation: str,
                  dialect: str) -> None:
@@ -141,6 +144,7 @@ class ProxyCall:
         self.call = Call(operation, dialect, client=(exchange.header("user-agent") or "")[:200])
         self._ticket = self._meter = self._rates = None
         self._concluded = False
+        self._cell = None
 
     async def run(self) -> None:
         """Answer the call, in every outcome: relayed, refused, cut or failed."""
@@ -200,6 +204,10 @@ class ProxyCall:
             log.exception("jupyter-vkeys: building the event of %s failed", call.request_id)
             event = call.minimal_event()
         self.gateway.sink.emit(event)
+        if self._cell is not None:
+            self._cell.add(call)
+        if call.status == "ok" and call.usage is not None:
+            self.gateway.output_history.observe(call.request_model, call.usage.output)
 
     # -- the path of one call ----------------------------------------------------------
     async def _handle(self, call: Call) -> None:
@@ -225,6 +233,13 @@ class ProxyCall:
         call.request_model = model
         call.stream = stream = body.get("stream") is True
         call.prompt_hash = _prompt_hash(body)
+        cell = gw.cells.current(record.id)
+        if cell is not None:
+            self._cell = cell
+            call.cell_id, call.execution_count = cell.cell_id, cell.execution_count
+            if cell.dry_run:
+                await self._dry_run(call, cell, body, raw)
+                return
         try:
             admission = gw.policy.resolve(record, model)
         except Refusal as refusal:
@@ -283,6 +298,41 @@ class ProxyCall:
         self._meter = meter_for(self.dialect, self.operation, stream, strip_usage)
         await self._relay(call, provider, transport, body, payload)
 
+    async def _dry_run(self, call: Call, cell, body: dict, raw: bytes) -> None:
+        """A call inside a dry-run cell: priced as the real model would be, answered by
+        the offline fake, recorded as ``dry_run`` at no cost (no hold, no spend, no rate
+        use). The answer carries the figures in ``x-vkeys-dry-run-*`` headers."""
+        gw = self.gateway
+        figures = estimate(gw, call.record, self.operation, body, len(raw))
+        cell.add_estimate(figures)
+        routed = gw.route(figures.model)
+        call.provider = routed[1].name if routed else ""
+        call.status = "dry_run"
+        call.usage = Usage(input_uncached=figures.input_tokens)
+        call.dry_run_cost, call.dry_run_worst = figures.expected_pico, figures.worst_pico
+        call.tags["dry_run_verdict"] = figures.verdict or "allowed"
+        call.upstream_started = time.time()
+        answer = await gw.fake.send(UpstreamRequest("POST", "", {}, raw, parsed=body,
+                                                    operation=self.operation))
+        call.upstream_headers_at = time.time()
+        headers = {"content-type": answer.headers.get("content-type", "application/json"),
+                   "x-request-id": call.request_id, "x-vkeys-key-id": call.record.id,
+                   "x-vkeys-dry-run": "true",
+                   "x-vkeys-dry-run-verdict": (figures.verdict or "allowed")[:300]}
+        for name, pico in (("cost", figures.expected_pico), ("worst", figures.worst_pico)):
+            headers[f"x-vkeys-dry-run-{name}-usd"] = "unpriced" if pico is None \
+                else f"{pico / 1e12:.9f}"
+        call.http_status = answer.status
+        self.exchange.start(answer.status, list(headers.items()))
+        async for chunk in answer.chunks():
+            if call.first_byte is None:
+                call.first_byte = time.time()
+            call.response_bytes += len(chunk)
+            await self.exchange.write(chunk)
+        call.upstream_wait = call.upstream_headers_at - call.upstream_started
+        self._conclude()
+        self.exchange.finish(b"")
+
     async def _relay(self, call: Call, provider, transport, body: dict, payload: bytes) -> None:
         gw = self.gateway
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
@@ -304,16 +354,30 @@ class ProxyCall:
         try:
             upstream = await transport.send(request)
         except UpstreamError as exc:
-            raise upstream_error(exc) from None
+            call.request_sent = exc.sent
+            raise upstream_error(self._scrubbed(exc)) from None
+        except asyncio.CancelledError:
+            call.request_sent = True  # the client left while the upstream was working
+            raise
+        call.request_sent = True
         call.upstream_headers_at = time.time()
         try:
             await self._relay_response(call, upstream)
         finally:
-            upstream.close()
+            upstream.close()  # an unfinished answer aborts the connection: the upstream stops
+
+    def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
+        """``exc`` with provider keys removed from its message (a parser's message may
+        quote what the upstream sent). Called on error paths only."""
+        scrubber = self.gateway.scrubber
+        if scrubber:
+            exc.message = scrubber.text(exc.message)
+        return exc
 
     def _response_headers(self, call: Call, upstream_headers: Iterable[tuple[str, str]]
                           ) -> list[tuple[str, str]]:
-        """The client's response headers: upstream's, filtered, plus the gateway's own."""
+        """The client's response headers: upstream's, filtered and scrubbed of provider
+        keys (see :mod:`..providers.scrub`), plus the gateway's own."""
         out = {"content-type": "application/json"}
         for name, value in upstream_headers:
             lname = name.lower()
@@ -323,7 +387,8 @@ class ProxyCall:
         out["x-vkeys-key-id"] = call.record.id
         for name, value in self._ticket.headers.items():
             out[name.lower()] = value
-        return list(out.items())
+        scrubber = self.gateway.scrubber
+        return scrubber.headers(list(out.items())) if scrubber else list(out.items())
 
     async def _relay_response(self, call: Call, upstream) -> None:
         exchange = self.exchange
@@ -331,17 +396,28 @@ class ProxyCall:
         status = upstream.status
         exchange.start(status, self._response_headers(call, upstream.headers.items()))
         if not (call.stream and status == 200):
-            parts = []
+            limit = self.gateway.max_response_bytes
+            parts, size = [], 0
             try:
                 async for chunk in upstream.chunks():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(502, "upstream", f"the upstream's answer exceeds the "
+                                       f"gateway's limit of {limit} bytes (max_response_bytes)",
+                                       event_status="upstream_error")
                     parts.append(chunk)
             except UpstreamError as exc:
-                raise upstream_error(exc) from None
+                raise upstream_error(self._scrubbed(exc)) from None
             data = b"".join(parts)
             call.first_byte = time.time()
             if status < 300:
                 meter.read_body(data)
+                if meter.usage is None and not _is_json(data):
+                    raise ApiError(502, "upstream", f"upstream answered badly: its {status} "
+                                   "answer is not valid JSON", event_status="upstream_error")
             else:
+                if self.gateway.scrubber:
+                    data = self.gateway.scrubber.data(data)
                 call.status, call.http_status = "upstream_error", status
                 call.error_type, call.error_message = "upstream_status", data[:500].decode(
                     "utf-8", "replace")
@@ -390,17 +466,36 @@ class ProxyCall:
         except UpstreamError as exc:
             # Headers are out: the client sees the stream end early, the warehouse sees why.
             call.status = "timeout" if exc.kind == "timeout" else "upstream_error"
-            call.error_type, call.error_message = exc.kind, exc.message
+            call.error_type, call.error_message = exc.kind, self._scrubbed(exc).message
             self._conclude()
             exchange.abort()
 
     def _settle(self, call: Call) -> None:
-        """Replace the hold with what the call actually cost; never raises."""
+        """Replace the hold with what the call actually cost; never raises.
+
+        A call whose request may have reached the upstream is charged what the
+        provider may bill even when no usage arrived: a client that left (before the
+        headers or mid-stream), a read timeout, a cut stream, or a complete answer
+        without usage. Then the input is estimated from the request size and the
+        output from the content events relayed (streams) or the answer's size, capped
+        by the worst case held at admission, and the event is flagged
+        ``usage_estimated``. An upstream's own error answer (4xx/5xx) costs nothing."""
         meter, rates = self._meter, self._rates
         usage = meter.usage if meter is not None else None
-        if usage is None and meter is not None and (meter.deltas or call.first_byte):
-            # Cut off before the upstream reported usage: charge what it produced.
-            usage = Usage(input_uncached=call.request_bytes // 4, output=meter.deltas)
+        billable = (meter is not None and call.request_sent
+                    and call.error_type != "upstream_status")
+        complete = call.status == "ok"
+        if billable and (usage is None or not complete):
+            known = usage or Usage()
+            if call.stream:
+                output = max(known.output, meter.deltas)
+            else:
+                output = known.output or (call.response_bytes // 4 if complete else 0)
+            usage = Usage(input_uncached=known.input_uncached if known.input_total
+                          else call.request_bytes // 4, cache_read=known.cache_read,
+                          cache_write_5m=known.cache_write_5m,
+                          cache_write_1h=known.cache_write_1h, output=output,
+                          reasoning=known.reasoning)
             call.usage_estimated = True
         if meter is not None:
             call.response_model = meter.response_model
@@ -408,6 +503,10 @@ class ProxyCall:
         call.usage = usage
         if usage is not None and rates is not None:
             cost = rates.cost(usage)
+            hold = self._ticket.hold
+            if call.usage_estimated and hold and cost.pico > hold:
+                cost = Cost(hold, {k: v * hold // cost.pico for k, v in cost.breakdown.items()},
+                            cost.price_version, cost.status)
         elif usage is not None:
             cost = Cost(0, {}, "", "unpriced")
         else:
@@ -418,6 +517,15 @@ class ProxyCall:
         if crossed:
             call.budget_warnings.extend(crossed)
             log.info("budget warning: %s", "; ".join(crossed))
+
+
+def _is_json(data: bytes) -> bool:
+    """Whether ``data`` parses as JSON (asked only of 2xx answers that carried no usage)."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _too_deep() -> ApiError:

@@ -216,7 +216,8 @@ class PolicyEngine:
 
     def admit(self, admission: Admission, rates: ModelRates | None, *, input_bound: int,
               input_estimate: int, max_output: int | None,
-              model_max_output: int | None = None, choices: int = 1) -> Ticket:
+              model_max_output: int | None = None, choices: int = 1,
+              reserve: bool = True) -> Ticket:
         """Check every limit on the path and, if all pass, reserve on all of them.
 
         ``input_bound`` is a true upper bound on prompt tokens (used for budget
@@ -225,6 +226,8 @@ class PolicyEngine:
         answers it asks for (each may write up to the cap). Raises :class:`Refusal`
         (also for negative or zero-choice figures: a negative hold would open room
         on every scope of the path); returns a :class:`Ticket` that must be settled.
+        With ``reserve=False`` (dry runs) it only checks: the ticket reserves nothing and
+        must not be settled.
         """
         if (input_bound < 0 or input_estimate < 0 or choices < 1
                 or (max_output is not None and max_output < 0)):
@@ -324,6 +327,9 @@ class PolicyEngine:
 
         # 4. all checks passed: reserve everywhere (no awaits between check and reserve)
         ticket = Ticket(admission, rates, hold, clamped_to, now, headers=headers)
+        if not reserve:
+            ticket.settled = True  # nothing to settle
+            return ticket
         for state, policy in path:
             state.inflight += 1
             if policy.rpm is not None:

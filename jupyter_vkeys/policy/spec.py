@@ -14,14 +14,26 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Mapping
 
 from ..money import pico_to_usd, usd_to_pico
 
 PERIODS = ("day", "week", "month", "total")
 POLICY_FIELDS = ("models", "aliases", "rpm", "tpm", "max_concurrency", "budgets")
-SCOPE_RE = re.compile(r"^(global|(user|team|project|key):[^\s/]{1,128})$")
+# A scope name: no whitespace, no slash (it sits in a URL path), no control characters.
+NAME_PATTERN = r"[^\s/\x00-\x1f\x7f]{1,128}"
+SCOPE_RE = re.compile(rf"^(global|(user|team|project|key):{NAME_PATTERN})$")
+
+# Bounds of what an admin may configure (the OpenAPI description states the same).
+MAX_RPM = 10**9
+MAX_TPM = 10**12
+MAX_CONCURRENCY = 10**6
+MAX_BUDGET_USD = Decimal(10**9)
+MAX_MODELS = 256
+MAX_ALIASES = 256
+MAX_NAME_CHARS = 256  # a model name, glob or alias
+LIMITS = {"rpm": MAX_RPM, "tpm": MAX_TPM, "max_concurrency": MAX_CONCURRENCY}
 
 
 class PolicyError(ValueError):
@@ -85,11 +97,31 @@ class Policy:
 EMPTY = Policy()
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about huge inputs."""
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _positive_int(name: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PolicyError(f"{name} must be a non-negative integer or null, got {value!r}")
+    limit = LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise PolicyError(f"{name} must be an integer from 0 to {limit:,} or null, "
+                          f"got {_short(value)}")
+    return value
+
+
+def _name(field: str, value: Any) -> str:
+    """A model name, glob or alias: a non-empty string of printable characters."""
+    if not isinstance(value, str) or not value:
+        raise PolicyError(f"{field} must be a non-empty string, got {_short(value)}")
+    if len(value) > MAX_NAME_CHARS:
+        raise PolicyError(f"{field} is {len(value)} characters long; at most "
+                          f"{MAX_NAME_CHARS} allowed")
+    if not value.isprintable():
+        raise PolicyError(f"{field} contains control characters: {_short(value)}")
     return value
 
 
@@ -99,24 +131,29 @@ def _budget(item: Any, index: int) -> Budget:
                           '{"usd": 20, "period": "month", "soft": 0.8}')
     unknown = set(item) - {"usd", "period", "soft"}
     if unknown:
-        raise PolicyError(f"budgets[{index}] has unknown fields {sorted(unknown)}")
+        raise PolicyError(f"budgets[{index}] has unknown fields "
+                          f"{_short(sorted(map(str, unknown)))}; allowed: usd, period, soft")
     period = item.get("period", "month")
-    if period not in PERIODS:
+    if not isinstance(period, str) or period not in PERIODS:
         raise PolicyError(f"budgets[{index}].period must be one of {', '.join(PERIODS)}, "
-                          f"got {period!r}")
+                          f"got {_short(period)}")
     usd = item.get("usd")
+    problem = (f"budgets[{index}].usd must be a number of USD from 0 to "
+               f"{MAX_BUDGET_USD:,}, got {_short(usd)}")
+    if isinstance(usd, bool) or not isinstance(usd, (int, float, str)):
+        raise PolicyError(problem)
     try:
-        if isinstance(usd, bool) or usd is None:
-            raise InvalidOperation
-        amount = Decimal(str(usd))
-        if not amount.is_finite() or amount < 0:
-            raise InvalidOperation
-    except (InvalidOperation, ValueError):
-        raise PolicyError(f"budgets[{index}].usd must be a non-negative number, got {usd!r}") from None
+        amount = Decimal(usd) if isinstance(usd, str) else Decimal(repr(usd)) \
+            if isinstance(usd, float) else Decimal(usd)
+    except (ArithmeticError, ValueError):
+        raise PolicyError(problem) from None
+    if not amount.is_finite() or not 0 <= amount <= MAX_BUDGET_USD:
+        raise PolicyError(problem)
     soft = item.get("soft")
     if soft is not None and (isinstance(soft, bool) or not isinstance(soft, (int, float))
                              or not 0 < soft <= 1):
-        raise PolicyError(f"budgets[{index}].soft must be a fraction in (0, 1], got {soft!r}")
+        raise PolicyError(f"budgets[{index}].soft must be a fraction in (0, 1], "
+                          f"got {_short(soft)}")
     return Budget(usd_to_pico(amount), period, float(soft) if soft is not None else None)
 
 
@@ -132,24 +169,37 @@ def parse_policy(data: Mapping[str, Any] | None, *, base: Policy | None = None) 
         raise PolicyError("a policy must be a JSON object")
     unknown = set(data) - set(POLICY_FIELDS)
     if unknown:
-        raise PolicyError(f"unknown policy fields {sorted(unknown)}; allowed: {', '.join(POLICY_FIELDS)}")
+        raise PolicyError(f"unknown policy fields {_short(sorted(map(str, unknown)))}; "
+                          f"allowed: {', '.join(POLICY_FIELDS)}")
     current = (base or EMPTY).as_dict()
     current.update(data)
     models = current.get("models")
     if models is not None:
         if isinstance(models, str):
             models = [models]
-        if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        if not isinstance(models, (list, tuple)):
             raise PolicyError("models must be a list of model names or globs, e.g. "
-                              '["gpt-4o-mini", "claude-*"]')
-        models = tuple(models)
+                              f'["gpt-4o-mini", "claude-*"], got {_short(models)}')
+        if len(models) > MAX_MODELS:
+            raise PolicyError(f"models lists {len(models)} entries; at most {MAX_MODELS} "
+                              "allowed (use globs such as \"claude-*\")")
+        models = tuple(_name(f"models[{i}]", m) for i, m in enumerate(models))
     aliases = current.get("aliases") or {}
-    if not isinstance(aliases, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) and k and v for k, v in aliases.items()):
-        raise PolicyError('aliases must map names to models, e.g. {"cheap": "gpt-4o-mini"}')
+    if not isinstance(aliases, Mapping):
+        raise PolicyError('aliases must map names to models, e.g. {"cheap": "gpt-4o-mini"}, '
+                          f"got {_short(aliases)}")
+    if len(aliases) > MAX_ALIASES:
+        raise PolicyError(f"aliases has {len(aliases)} entries; at most {MAX_ALIASES} allowed")
+    for alias, target in aliases.items():
+        _name("aliases key", alias)
+        _name(f"aliases[{alias!r}]", target)
     budgets_in = current.get("budgets") or []
-    if not isinstance(budgets_in, list):
-        raise PolicyError("budgets must be a list of {usd, period, soft} objects")
+    if not isinstance(budgets_in, (list, tuple)):
+        raise PolicyError("budgets must be a list of {usd, period, soft} objects, "
+                          f"got {_short(budgets_in)}")
+    if len(budgets_in) > len(PERIODS):
+        raise PolicyError(f"budgets lists {len(budgets_in)} entries; at most one per period "
+                          f"({', '.join(PERIODS)}) allowed")
     budgets = tuple(_budget(item, i) for i, item in enumerate(budgets_in))
     periods = [b.period for b in budgets]
     if len(set(periods)) != len(periods):
@@ -162,7 +212,8 @@ def parse_policy(data: Mapping[str, Any] | None, *, base: Policy | None = None) 
 
 def check_scope(scope: str) -> str:
     """Validate a scope name such as ``team:ml``; raises :class:`PolicyError`."""
-    if not SCOPE_RE.match(scope):
-        raise PolicyError(f"invalid scope {scope!r}: use global, user:<name>, team:<name>, "
-                          "project:<name> or key:<id>")
+    if not isinstance(scope, str) or not SCOPE_RE.match(scope):
+        raise PolicyError(f"invalid scope {_short(scope)}: use global, user:<name>, "
+                          "team:<name>, project:<name> or key:<id>, names of 1 to 128 "
+                          "characters without spaces, '/' or control characters")
     return scope

@@ -4,30 +4,49 @@ Chosen by measurement (``benchmarks/run.py``): aiohttp's ``ClientSession`` is th
 best general-purpose pooled client on tornado's asyncio loop, but most of its
 per-request work (cookie jars, tracing hooks, multidicts, payload registries)
 serves features a proxy never uses. This client does only what the gateway
-needs: keep-alive connections pooled per upstream (plain or TLS), one
-``write`` per request, response parsing in C by ``httptools`` (llhttp, as in
-uvicorn), the body handed over chunk by chunk as it arrives, a connect
-timeout and a read (silence) timeout. It implements the same
-:class:`~.transport.Transport` seam as :class:`~.transport.HttpTransport`.
+needs: keep-alive connections pooled per upstream (plain, TLS, or tunnelled
+through an HTTP proxy with ``CONNECT``), one ``write`` per request, response
+parsing in C by ``httptools`` (llhttp, as in uvicorn), the body handed over
+chunk by chunk as it arrives, a connect timeout and a read (silence) timeout.
+It implements the same :class:`~.transport.Transport` seam as
+:class:`~.transport.HttpTransport`, and both pass ``tests/test_upstream_conformance.py``.
 
-A reused connection that the server closed while idle is detected when the
-request gets no byte back, and the request is sent once more on a fresh
-connection (nothing reached the upstream's application in that case).
+Rules that keep one caller's answer away from the next caller (each one a
+regression test):
+
+- A connection is reused only after a complete message whose framing said
+  keep-alive. Any byte after that message (in the same read or later), or any
+  byte or EOF arriving while the connection sits idle in the pool, discards it.
+- ``1xx`` interim responses (100, 103) are skipped; only the final response
+  completes the exchange. ``101`` is an error (the gateway never asks to upgrade).
+- A body without ``content-length`` or chunked framing is read until the
+  upstream closes (close-delimited, legal HTTP/1.1).
+- A request is never sent twice. Before a pooled connection is used it is
+  polled: one found closed or readable is dropped and the next one (or a new
+  connection) is tried, since nothing was written to it. Once a byte of the
+  request is written, any failure (close, reset, read timeout) is the caller's
+  error: the upstream may have read the request and may bill it.
+- Cancellation (the client left) aborts the connection at once, so the upstream
+  sees the call end and stops generating.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import select
 import ssl
 from collections import deque
-from typing import AsyncIterator
-from urllib.parse import urlsplit
+from typing import AsyncIterator, Callable
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from .transport import UpstreamError, UpstreamRequest
+from .transport import (ProxySettings, UpstreamError, UpstreamRequest, decoded_chunks,
+                        tls_error)
 
 _IDLE_PER_HOST = 256
+_PAUSE_BYTES = 1 << 20  # stop reading an upstream this far ahead of the client
 
 
 class _Headers:
@@ -49,6 +68,10 @@ class _Headers:
         return default
 
 
+class _Trailing(Exception):
+    """Raised from the parser's callbacks when a second message starts on a connection."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; also the httptools parser's callback object."""
 
@@ -59,17 +82,21 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.loop = asyncio.get_running_loop()
         self.closed = False
-        self.reused = False
+        self.idle = False
+        self.idle_since = 0.0
         self._reset()
 
     def _reset(self) -> None:
         self.header_items: list[tuple[str, str]] = []
         self.status = 0
         self.keep_alive = False
+        self.interim = False
+        self.until_close = False
         self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.paused = False
         self.done = False
         self.error: UpstreamError | None = None
-        self.received = False
         self.waiter: asyncio.Future | None = None
         self.headers_waiter: asyncio.Future | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -79,33 +106,96 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.received = True
+        if self.idle or self.done:
+            # Not part of any exchange: a late byte of the last answer, or something
+            # meant for whoever uses this connection next. Never deliver it.
+            self.keep_alive = False
+            self.abort()
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Trailing):
+                self.keep_alive = False
+                self.abort()
+            else:
+                self._fail(UpstreamError("protocol", f"malformed upstream response ({exc})",
+                                         sent=True))
+                self.abort()
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError("unreachable", f"malformed upstream response ({exc})"))
+            if self.done:  # garbage after a complete answer: the answer stands
+                self.keep_alive = False
+                self.abort()
+                return
+            self._fail(UpstreamError("protocol", f"malformed upstream response ({exc})",
+                                     sent=True))
+            self.abort()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.idle:
+            return
         if not self.done:
-            self._fail(UpstreamError("unreachable", "the upstream closed the connection"))
+            if self.until_close and self.status and exc is None:
+                self.done = True  # a close-delimited body ends here
+                self._wake()
+                return
+            self._fail(UpstreamError("unreachable", "the upstream closed the connection before "
+                                     "its answer was complete", sent=True))
+
+    def pause_writing(self) -> None:  # large request bodies: the kernel buffers them
+        pass
+
+    def resume_writing(self) -> None:
+        pass
 
     # -- httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.done:
+            raise _Trailing()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_items.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                raise ValueError("the upstream switched protocols (101)")
+            self.interim = True  # 100 Continue, 103 Early Hints: wait for the final answer
+            self.header_items = []
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()  # not reliable after the body
+        if status not in (204, 304):
+            framed = False
+            for name, value in self.header_items:
+                if name == "content-length" or (name == "transfer-encoding"
+                                                and "chunked" in value.lower()):
+                    framed = True
+                    break
+            self.until_close = not framed
+            if not framed:
+                self.keep_alive = False
         waiter = self.headers_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _PAUSE_BYTES and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.done = True
         self._wake()
 
@@ -123,14 +213,34 @@ class _Connection(asyncio.Protocol):
                 waiter.set_exception(error)
 
     def _timed_out(self) -> None:
-        self._fail(UpstreamError("timeout", "the upstream stopped sending (read timeout)"))
+        self._fail(UpstreamError("timeout", "the upstream stopped sending (read timeout of "
+                                 f"{self.pool.read_timeout:g} s)", sent=True))
         self.abort()
 
     def abort(self) -> None:
-        """Drop the connection (after an error, a timeout or an unfinished body)."""
+        """Drop the connection (after an error, a timeout, stray bytes or an unfinished
+        body). Called by this class, by :class:`_Response` and by the pool."""
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+    def usable(self, now: float) -> bool:
+        """Whether this idle connection may carry a request: open, not idle too long,
+        and with nothing (no byte, no EOF) waiting to be read. Called by
+        :meth:`LeanTransport.send` before anything is written to it."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return False
+        if now - self.idle_since > self.pool.keepalive_timeout:
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select((sock.fileno(),), (), (), 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     async def _wait(self, future: asyncio.Future) -> None:
         self.timer = self.loop.call_later(self.pool.read_timeout, self._timed_out)
@@ -141,36 +251,59 @@ class _Connection(asyncio.Protocol):
 
     # -- one exchange ----------------------------------------------------------------
     async def exchange(self, head: bytes, body: bytes) -> "_Response":
+        """Write one request and wait for its final response's head. Any failure or
+        cancellation aborts the connection (never reused, never retried)."""
+        self.idle = False
         self._reset()
+        if self.closed:
+            raise UpstreamError("unreachable", "the upstream closed the connection before the "
+                                               "request was sent")
         self.headers_waiter = self.loop.create_future()
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            self.transport.write(body)
-        await self._wait(self.headers_waiter)
+        try:
+            if len(body) < 65536:
+                self.transport.write(head + body)
+            else:
+                self.transport.write(head)
+                self.transport.write(body)
+            await self._wait(self.headers_waiter)
+        except BaseException:
+            self.abort()
+            raise
         return _Response(self)
 
 
 class _Response:
     """An upstream answer: status and headers in, body read with :meth:`chunks`."""
 
-    __slots__ = ("conn", "status", "headers", "_closed")
+    __slots__ = ("conn", "status", "headers", "_closed", "_decode")
 
     def __init__(self, conn: _Connection) -> None:
         self.conn = conn
         self.status = conn.status
         self.headers = _Headers(conn.header_items)
         self._closed = False
+        self._decode: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive (decoded if the upstream compressed them)."""
+        if self._decode is not None:
+            return self._decode(self._raw())
+        return self._raw()
+
+    async def _raw(self) -> AsyncIterator[bytes]:
         conn = self.conn
         while True:
             if conn.chunks:
                 if len(conn.chunks) == 1:
-                    yield conn.chunks.popleft()
+                    data = conn.chunks.popleft()
                 else:
                     data = b"".join(conn.chunks)
                     conn.chunks.clear()
-                    yield data
+                conn.buffered = 0
+                if conn.paused and not conn.closed:
+                    conn.paused = False
+                    conn.transport.resume_reading()
+                yield data
                 continue
             if conn.error is not None:
                 raise conn.error
@@ -190,52 +323,134 @@ class _Response:
             conn.abort()
 
 
+class _Tunnel(asyncio.Protocol):
+    """Reads a proxy's answer to ``CONNECT`` (then the connection is handed over)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.answer: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer and not self.answer.done():
+            self.answer.set_result(self.buffer)
+        elif len(self.buffer) > 65536 and not self.answer.done():
+            self.answer.set_exception(UpstreamError("unreachable", "the proxy's answer to "
+                                                                   "CONNECT is too long"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(UpstreamError("unreachable", "the proxy closed the "
+                                                                   "connection during CONNECT"))
+
+
 class LeanTransport:
-    """Pooled keep-alive HTTP/1.1 transport (see the module docstring)."""
+    """Pooled keep-alive HTTP/1.1 transport (see the module docstring).
+
+    Created by :meth:`VKeysGateway._open_transports` once per provider;
+    ``proxies`` (default: none) says which upstreams go through an HTTP proxy.
+    """
 
     def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 600.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, keepalive_timeout: float = 30.0,
+                 proxies: ProxySettings | None = None) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.ssl_context = ssl_context
+        self.proxies = proxies or ProxySettings()
         self._idle: dict[tuple, list[_Connection]] = {}
         self._targets: dict[str, tuple] = {}
 
     def _target(self, url: str) -> tuple[tuple, str]:
-        """``((host, port, secure, host header), path with query)`` of ``url``, cached."""
+        """``((host, port, secure, host header, proxy), path with query)`` of ``url``,
+        cached per scheme and authority."""
         scheme, _, rest = url.partition("://")
         netloc, _, path = rest.partition("/")
         key = self._targets.get(scheme + netloc)
         if key is None:
             parts = urlsplit(url)
             secure = parts.scheme == "https"
-            key = (parts.hostname or "", parts.port or (443 if secure else 80), secure,
-                   parts.netloc.rsplit("@", 1)[-1])
+            host = parts.hostname or ""
+            key = (host, parts.port or (443 if secure else 80), secure,
+                   parts.netloc.rsplit("@", 1)[-1], self.proxies.proxy_for(parts.scheme, host))
             self._targets[scheme + netloc] = key
         return key, "/" + path
 
     async def _connect(self, key: tuple) -> _Connection:
-        host, port, secure, _ = key
+        host, port, secure, _, proxy = key
         loop = asyncio.get_running_loop()
         context = None
         if secure:
             context = self.ssl_context or ssl.create_default_context()
+        where = f"{host}:{port}"
         try:
+            if proxy:
+                return await asyncio.wait_for(self._tunnel(key, proxy, context),
+                                              self.connect_timeout)
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: _Connection(self, key), host, port, ssl=context,
                                        server_hostname=host if secure else None),
                 self.connect_timeout)
         except asyncio.TimeoutError:
-            raise UpstreamError("timeout", f"connecting to {host}:{port} timed out") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise UpstreamError("unreachable", f"cannot connect to {host}:{port} "
-                                               f"({type(exc).__name__})") from None
+            raise UpstreamError("timeout", f"connecting to {where} timed out (connect timeout "
+                                           f"of {self.connect_timeout:g} s)") from None
+        except ssl.SSLError as exc:
+            raise tls_error(where, exc) from None
+        except OSError as exc:
+            raise UpstreamError("unreachable", f"cannot connect to {where} "
+                                               f"({exc.strerror or type(exc).__name__})") from None
+        return conn
+
+    async def _tunnel(self, key: tuple, proxy: str, context: ssl.SSLContext | None
+                      ) -> _Connection:
+        """A connection to ``key``'s upstream through the HTTP proxy ``proxy`` (CONNECT),
+        with TLS to the upstream itself on top for https."""
+        host, port, secure, _, _ = key
+        loop = asyncio.get_running_loop()
+        parts = urlsplit(proxy)
+        where = f"proxy {parts.hostname}:{parts.port or 80}"
+        try:
+            raw, tunnel = await loop.create_connection(_Tunnel, parts.hostname,
+                                                       parts.port or 80)
+        except OSError as exc:
+            raise UpstreamError("unreachable", f"cannot connect to {where} "
+                                               f"({exc.strerror or type(exc).__name__})") from None
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        auth = ""
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            auth = f"proxy-authorization: Basic {base64.b64encode(pair.encode()).decode()}\r\n"
+        raw.write(f"CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n{auth}\r\n".encode())
+        try:
+            answer = await tunnel.answer
+        except BaseException:
+            raw.abort()
+            raise
+        status_line = answer.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+        fields = status_line.split(" ", 2)
+        if len(fields) < 2 or fields[1] != "200" or not answer.endswith(b"\r\n\r\n"):
+            raw.abort()
+            raise UpstreamError("unreachable", f"{where} refused to tunnel to {target} "
+                                               f"({status_line[:100]!r})")
+        conn = _Connection(self, key)
+        if secure:
+            try:
+                tls = await loop.start_tls(raw, conn, context, server_hostname=host)
+            except BaseException:
+                raw.abort()
+                raise
+            conn.connection_made(tls)
+        else:
+            raw.set_protocol(conn)
+            conn.connection_made(raw)
         return conn
 
     def _release(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) < _IDLE_PER_HOST:
-            conn.reused = True
+            conn.idle = True
+            conn.idle_since = conn.loop.time()
             idle.append(conn)
         else:
             conn.abort()
@@ -246,23 +461,31 @@ class LeanTransport:
                  f"content-length: {len(request.body)}\r\n"]
         for name, value in request.headers.items():
             if "\r" in value or "\n" in value:
-                raise UpstreamError("unreachable", f"refusing header {name!r} with a line break")
+                raise UpstreamError("protocol", f"refusing header {name!r} with a line break")
             lines.append(f"{name}: {value}\r\n")
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1")
         idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if conn.closed or conn.transport is None or conn.transport.is_closing():
-                continue
+        conn = None
+        if idle:
+            now = asyncio.get_running_loop().time()
+            while idle:
+                candidate = idle.pop()
+                if candidate.usable(now):
+                    conn = candidate
+                    break
+                candidate.abort()  # nothing was written to it: trying another is safe
+        if conn is None:
+            conn = await self._connect(key)
+        response = await conn.exchange(head, request.body)
+        encoding = response.headers.get("content-encoding")
+        if encoding is not None:
             try:
-                return await conn.exchange(head, request.body)
+                response._decode = decoded_chunks(encoding)
             except UpstreamError:
-                if conn.received:
-                    raise
-                conn.abort()  # closed while idle: retry on a fresh connection
-        conn = await self._connect(key)
-        return await conn.exchange(head, request.body)
+                response.close()
+                raise
+        return response
 
     async def close(self) -> None:
         for idle in self._idle.values():

@@ -42,6 +42,15 @@ def _requesting_user() -> str:
         return ""
 
 
+CELLS_EXTENSION_ARG = "--IPKernelApp.extra_extensions=jupyter_vkeys.kernel.cells"
+
+
+def _is_ipykernel(spec: Any) -> bool:
+    """Whether a kernelspec starts ipykernel (the cell-cost extension needs IPython)."""
+    argv = getattr(spec, "argv", None) or []
+    return any("ipykernel" in str(part) for part in argv[:4])
+
+
 class VKeysProvisioner(LocalProvisioner):
     """A local kernel with its own virtual key in its environment."""
 
@@ -55,6 +64,10 @@ class VKeysProvisioner(LocalProvisioner):
             kwargs["env"] = strip_secrets(env)
         else:
             kwargs["env"] = broker.launch_env(self.kernel_id, env, _requesting_user())
+            if _is_ipykernel(self.kernel_spec):
+                # cost per cell and %%vkeys dry_run (other languages: key and env only)
+                kwargs["extra_arguments"] = [*kwargs.get("extra_arguments", []),
+                                             CELLS_EXTENSION_ARG]
         return await super().pre_launch(**kwargs)
 
     async def cleanup(self, restart: bool = False) -> None:

@@ -150,7 +150,8 @@ def compact_partition(directory: Path, min_files: int = 8) -> Path | None:
     for p in files:
         m = _SEG_RE.match(p.name)
         ids += [m.group(1)] if m else list(_COMPACT_RE.match(p.name).groups())
-    table = pa.concat_tables(pq.read_table(p) for p in files)
+    schema = SCHEMAS[directory.parent.name]
+    table = pa.concat_tables(pq.read_table(p, schema=schema) for p in files)  # every version
     target = directory / f"compact-{min(ids)}-{max(ids)}.parquet"
     _write_atomic(table.sort_by("start_time" if "start_time" in table.column_names else "ts"),
                   target)

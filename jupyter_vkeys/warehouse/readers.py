@@ -74,7 +74,7 @@ def refresh(con, data_dir: str | os.PathLike | None = None) -> None:
         if files:
             listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
             parquet_sql = (f"SELECT * REPLACE (CAST(date AS DATE) AS date) FROM read_parquet("
-                           f"[{listing}], hive_partitioning = true)")
+                           f"[{listing}], hive_partitioning = true, union_by_name = true)")
             sql = f"{parquet_sql} UNION ALL BY NAME {tail_sql}"
         else:
             sql = tail_sql
@@ -90,7 +90,10 @@ def scan(dataset: str = "events", data_dir: str | os.PathLike | None = None):
     time_col = "start_time" if dataset == "events" else "ts"
     frames = []
     if files:
-        frames.append(pl.scan_parquet([str(p) for p in files], hive_partitioning=False))
+        frames.append(pl.scan_parquet([str(p) for p in files], hive_partitioning=False,
+                                      missing_columns="insert", extra_columns="ignore",
+                                      schema=pl.Schema(pl.from_arrow(
+                                          SCHEMAS[dataset].empty_table()).schema)))
     frames.append(pl.from_arrow(tail).lazy())
     frame = pl.concat(frames, how="diagonal_relaxed")
     return frame.with_columns(pl.col(time_col).dt.date().alias("date"))

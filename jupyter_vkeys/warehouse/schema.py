@@ -37,7 +37,7 @@ EVENT_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("response_model", pa.string(), "gen_ai.response.model: as the upstream answered"),
     ("stream", pa.bool_(), "streamed response"),
     ("status", pa.string(), "ok, error, refused_budget, refused_rate, refused_model, "
-                            "refused_key, cancelled, upstream_error, timeout, lost"),
+                            "refused_key, cancelled, upstream_error, timeout, lost, dry_run"),
     ("http_status", pa.int16(), "HTTP status sent to the client (499: client went away)"),
     ("error_type", pa.string(), "error class when not ok"),
     ("error_message", pa.string(), "error text when not ok (never secrets)"),
@@ -66,6 +66,12 @@ EVENT_FIELDS: list[tuple[str, pa.DataType, str]] = [
     ("prompt_text", pa.string(), "the prompt, only with content logging on"),
     ("budget_warning", pa.string(), "soft thresholds reached by this call"),
     ("tags", pa.string(), "free metadata as a JSON object"),
+    # -- version 2 --
+    ("cell_id", pa.string(), "the notebook cell (frontend cell id) whose execution made the call"),
+    ("execution_count", pa.int64(), "the kernel's execution count of that cell"),
+    ("dry_run_cost_usd", pa.float64(), "dry runs: expected cost on the real model (typical "
+                                       "output length)"),
+    ("dry_run_worst_usd", pa.float64(), "dry runs: worst case on the real model (at max tokens)"),
 ]
 
 AUDIT_FIELDS: list[tuple[str, pa.DataType, str]] = [

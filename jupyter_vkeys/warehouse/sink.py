@@ -60,6 +60,8 @@ class WarehouseSink:
         self.writer: subprocess.Popen | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.lost_on_recovery = 0
+        # Median output tokens per model over the last 30 days (read at start-up; dry runs)
+        self.typical_output: dict[str, int] = {}
 
     # -- lifecycle -----------------------------------------------------------------
     def open(self, window_starts: dict[str, float]) -> list[dict[str, Any]]:
@@ -176,7 +178,11 @@ class WarehouseSink:
              "--windows", json.dumps(window_starts)], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"warehouse recovery failed: {result.stderr[-2000:]}")
-        return json.loads(result.stdout or "[]")
+        found = json.loads(result.stdout or "[]")
+        if isinstance(found, dict):  # {"spend": [...], "typical_output": {model: tokens}}
+            self.typical_output = dict(found.get("typical_output") or {})
+            return list(found.get("spend") or [])
+        return found
 
     def _recover(self, journal_dir: Path) -> None:
         """Close what a killed process left open; turn orphaned holds into ``lost`` events."""

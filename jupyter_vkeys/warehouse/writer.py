@@ -83,11 +83,33 @@ def spend_by_path(root: Path, window_starts: dict[str, float]) -> list[dict]:
     con = duckdb.connect()
     result = con.execute(
         f'SELECT key_id, parent_key_id, "user", team, project, {sums} '
-        f"FROM read_parquet([{listing}]) WHERE cost_pico > 0 GROUP BY ALL")
+        f"FROM read_parquet([{listing}], union_by_name = true) WHERE cost_pico > 0 GROUP BY ALL")
     columns = [d[0] for d in result.description]
     rows = [dict(zip(columns, r)) for r in result.fetchall()]
     con.close()
     return rows
+
+
+def typical_output(root: Path, days: int = 30) -> dict[str, int]:
+    """Median output tokens per requested model over the last ``days`` of successful calls
+    (the dry run's "expected" length). Read once at gateway start-up, in this process."""
+    import duckdb
+
+    from .parquet import snapshot
+
+    files = snapshot(root, "events").parquet
+    if not files:
+        return {}
+    listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+    con = duckdb.connect()
+    try:
+        rows = con.execute(
+            f"SELECT request_model, CAST(median(output_tokens) AS BIGINT) FROM read_parquet("
+            f"[{listing}], union_by_name = true) WHERE status = 'ok' AND output_tokens > 0 "
+            f"AND start_time >= now() - INTERVAL {int(days)} DAY GROUP BY ALL").fetchall()
+    finally:
+        con.close()
+    return {model: int(tokens) for model, tokens in rows if model}
 
 
 def run(root: Path, parent: int, retention_days: int, poll: float) -> None:
@@ -124,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.once:
         convert_pending(args.root)
-        json.dump(spend_by_path(args.root, json.loads(args.windows)), sys.stdout)
+        json.dump({"spend": spend_by_path(args.root, json.loads(args.windows)),
+                   "typical_output": typical_output(args.root)}, sys.stdout)
         return 0
     _yield_cpu()
     run(args.root, args.parent, args.retention_days, args.poll)

@@ -127,7 +127,7 @@ class JupyterProcess:
 
     def execute(self, kernel_id: str, code: str, timeout: float = 90) -> dict[str, Any]:
         """Run ``code`` in a kernel over the server's kernel websocket (as JupyterLab
-        does). Returns ``{"status", "text", "errors"}``."""
+        does). Returns ``{"status", "text", "errors", "displays"}``."""
         return asyncio.run(ws_execute(self.base, self.token, kernel_id, code, timeout))
 
     def stop(self) -> None:
@@ -150,7 +150,7 @@ class JupyterProcess:
 async def ws_execute(base: str, token: str, kernel_id: str, code: str,
                      timeout: float = 90) -> dict[str, Any]:
     """Send one ``execute_request`` on ``/api/kernels/{id}/channels`` and collect stream
-    output and errors until the kernel is idle again."""
+    output, errors and displayed data (its mime bundles) until the kernel is idle again."""
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
 
@@ -167,6 +167,7 @@ async def ws_execute(base: str, token: str, kernel_id: str, code: str,
                     "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}))
     text: list[str] = []
     errors: list[str] = []
+    displays: list[dict[str, Any]] = []
     status, idle = "", False
     deadline = time.monotonic() + timeout
     try:
@@ -185,13 +186,15 @@ async def ws_execute(base: str, token: str, kernel_id: str, code: str,
                 text.append(msg["content"]["text"])
             elif kind == "error":
                 errors.append("\n".join(msg["content"]["traceback"]))
+            elif kind in ("display_data", "execute_result"):
+                displays.append(msg["content"]["data"])
             elif kind == "execute_reply":
                 status = msg["content"]["status"]
             elif kind == "status" and msg["content"]["execution_state"] == "idle":
                 idle = True
     finally:
         conn.close()
-    return {"status": status, "text": "".join(text), "errors": errors}
+    return {"status": status, "text": "".join(text), "errors": errors, "displays": displays}
 
 
 def result_of(output: dict[str, Any]) -> dict[str, Any]:

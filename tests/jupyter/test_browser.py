@@ -63,9 +63,10 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
                                    timeout=90_000)
             page.locator(".lm-MenuBar-item", has_text="Run").first.click()
             page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
-            # Done when the last cell (%vkeys) has rendered its report.
+            # Done when the last cells (%vkeys, the dry run, the estimate) have rendered.
             page.wait_for_function(
-                "document.querySelectorAll('.jp-OutputArea-output .vkeys-report').length >= 2",
+                "document.querySelectorAll('.jp-OutputArea-output .vkeys-report').length >= 2"
+                " && document.querySelector('.jp-OutputArea-output .vkeys-estimate')",
                 timeout=120_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                                    timeout=60_000)
@@ -77,7 +78,13 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
             reports = page.locator(".jp-OutputArea-output .vkeys-report")
             report_texts = [reports.nth(i).inner_text() for i in range(reports.count())]
             bars = page.locator(".jp-OutputArea-output .vkeys-report .vkeys-bar").count()
-            math = page.locator(".jp-OutputArea-output .vkeys-report mjx-container").count()
+            math = page.locator(".jp-OutputArea-output .vkeys-report mjx-container, "
+                                ".vkeys-cell-cost mjx-container, .vkeys-dry-run mjx-container"
+                                ).count()
+            cost_lines = page.locator(".jp-OutputArea-output .vkeys-cell-cost")
+            cost_texts = [cost_lines.nth(i).inner_text() for i in range(cost_lines.count())]
+            dry_run = page.locator(".jp-OutputArea-output .vkeys-dry-run").inner_text()
+            estimate = page.locator(".jp-OutputArea-output .vkeys-estimate").inner_text()
             page.locator(".jp-OutputArea-output .vkeys-report").last.scroll_into_view_if_needed()
             page.screenshot(path=str(shot), full_page=True)
         finally:
@@ -91,6 +98,11 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
     assert "output tokens: 8" in text and "output tokens: 6" in text
     assert "/vkeys/openai/v1" in text and "vk-" in text
     assert len(report_texts) == 2 and bars >= 2 and math == 0, (report_texts, bars, math)
+    assert len(cost_texts) == 2, cost_texts  # the two cells that called a model
+    assert all("1 call" in t and "left" in t for t in cost_texts), cost_texts
+    assert "gpt-4o" in dry_run and "worst case" in dry_run and "nothing spent" in dry_run
+    assert "3" in dry_run and "allowed" in dry_run, dry_run
+    assert "claude-sonnet-4-5" in estimate and "worst case" in estimate, estimate
     for report in report_texts:
         assert "$20.00 / month" in report, report  # dollars as typed, not MathJax
         assert "spent $0.0" in report and "resets in" in report, report

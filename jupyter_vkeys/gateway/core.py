@@ -173,10 +173,12 @@ class VKeysGateway(LoggingConfigurable):
                                            "revoked (otherwise in-flight calls finish).").tag(
         config=True)
     forward_headers = List(["anthropic-version", "anthropic-beta", "openai-beta",
-                            "idempotency-key", "x-vkeys-fake-latency-ms",
-                            "x-vkeys-fake-chunk-delay-ms", "x-vkeys-fake-error"],
+                            "idempotency-key"],
                            help="Client request headers relayed upstream (all others are "
-                                "dropped; credentials are always replaced).").tag(config=True)
+                                "dropped; credentials are always replaced). The offline "
+                                "fake's x-vkeys-fake-* controls reach the in-process fake "
+                                "only; list them here to pass them to a fake provider "
+                                "served over HTTP.").tag(config=True)
 
     warehouse = Bool(True, help="Record every call and admin action in the Parquet warehouse "
                                 "(off: events are kept in memory only).").tag(config=True)

@@ -204,6 +204,33 @@ def openapi_document(api_url: str = "/vkeys/api") -> dict[str, Any]:
             "security": [{"virtualKey": []}],
             "responses": {"200": _ok(_ref("KeyReport")),
                           "401": _error("No, malformed, unknown, revoked or expired key.")}}},
+        "/cells": {"post": {
+            "summary": "A kernel's cell starts (its key's calls belong to it) or ends (its "
+                       "summary: calls, tokens, cost, dry-run estimates, tightest budget)",
+            "security": [{"virtualKey": []}],
+            "requestBody": _json_body({
+                "type": "object", "required": ["action"], "properties": {
+                    "action": {"type": "string", "enum": ["start", "end"]},
+                    "cell_id": {"type": "string", "maxLength": 256},
+                    "execution_count": _nullable({"type": "integer", "minimum": 0}),
+                    "dry_run": {"type": "boolean"}}}),
+            "responses": {"200": _ok({"type": "object"}),
+                          "400": _error("A field is not what the action needs."),
+                          "401": _error("No, malformed, unknown, revoked or expired key.")}}},
+        "/estimate": {"post": {
+            "summary": "What one call would cost (expected, worst case) and whether the "
+                       "key's limits admit it, without making it",
+            "security": [{"virtualKey": []}],
+            "requestBody": _json_body({
+                "type": "object", "required": ["body"], "properties": {
+                    "operation": {"type": "string", "enum": [
+                        "chat.completions", "completions", "responses", "embeddings",
+                        "messages", "messages.count_tokens"]},
+                    "body": {"type": "object", "required": ["model"],
+                             "properties": {"model": {"type": "string"}}}}}),
+            "responses": {"200": _ok({"type": "object"}),
+                          "400": _error("The call's body is not one a provider accepts."),
+                          "401": _error("No, malformed, unknown, revoked or expired key.")}}},
         "/keys": {
             "get": _admin({"summary": "List keys", "parameters": key_filters,
                            "responses": {"200": _ok({

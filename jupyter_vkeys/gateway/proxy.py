@@ -51,6 +51,9 @@ _CLAMP_FIELD = {"chat.completions": "max_completion_tokens", "completions": "max
 _PATHS = {"chat.completions": "/chat/completions", "completions": "/completions",
           "embeddings": "/embeddings", "responses": "/responses", "messages": "/v1/messages",
           "messages.count_tokens": "/v1/messages/count_tokens"}
+# The offline fake's controls (latency, errors): read by the in-process fake, never sent
+# to a provider unless an operator lists them in c.VKeysGateway.forward_headers.
+FAKE_HEADER_PREFIX = "x-vkeys-fake-"
 # Markers of the last event of a stream (held back until the call is journaled).
 _TERMINALS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
 
@@ -337,9 +340,10 @@ class ProxyCall:
         gw = self.gateway
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         forward = gw.forwarded_header_names
+        to_fake = gw.is_fake(transport)
         for name, value in self.exchange.header_items():
             lname = name.lower()
-            if lname in forward:
+            if lname in forward or (to_fake and lname.startswith(FAKE_HEADER_PREFIX)):
                 headers[lname] = value
         if provider.kind == "anthropic" and "anthropic-version" not in headers:
             headers["anthropic-version"] = "2023-06-01"

@@ -223,7 +223,7 @@ def test_quickstart_notebook_runs_with_nbclient(started, jp_root_dir, jp_asyncio
     text = "".join(o.get("text", "") for o in outputs)
     assert "output tokens: 8" in text and "output tokens: 6" in text and "vk-" in text
     # me() and %vkeys render as HTML (money kept away from MathJax) and as text.
-    rich = [o["data"] for o in outputs if "text/html" in o.get("data", {})]
+    rich = [o["data"] for o in outputs if "vkeys-report" in o.get("data", {}).get("text/html", "")]
     assert len(rich) == 2, outputs
     for data in rich:
         assert "project:reporting" in data["text/plain"] and "reports/quickstart" in \

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -187,3 +188,29 @@ def test_cli_finds_a_jupyter_servers_token(tmp_path, monkeypatch):
         "root_dir": str(tmp_path), "password": False, "sock": "", "version": "2"}))
     assert jupyter_server_auth(os.getpid()) == "token server-token-42"
     assert jupyter_server_auth(os.getpid() + 100000) is None
+
+
+def test_cli_never_opens_a_data_dir_a_jupyter_server_holds(tmp_path):
+    """Issue 11, item 11: with a Jupyter server holding the data directory, the CLI does not
+    start a second gateway on it. It goes through the server's admin API (once the
+    extension publishes its address in gateway.json, with the server's token from its
+    runtime file), or, while it does not, stops with the holder's pid; either way the
+    live gateway's state is the only one."""
+    sys.path.insert(0, str(Path(__file__).parent / "jupyter"))
+    from servers import JupyterProcess, isolated_env
+
+    env = isolated_env(tmp_path)
+    with JupyterProcess("server", tmp_path, env=env) as server:
+        data = server.data_dir
+        assert (data / "lock").exists()
+        result = cli(data, "keys", "create", "--owner", "gina", "--json", env=env, check=False)
+        request = urllib.request.Request(server.base + "/vkeys/api/keys",
+                                         headers={"Authorization": f"token {server.token}"})
+        with urllib.request.urlopen(request, timeout=20) as resp:
+            live = json.loads(resp.read())["keys"]
+        if result.returncode == 0:  # through the API: the live registry has the key
+            assert json.loads(result.stdout)["id"] in {k["id"] for k in live}
+        else:
+            assert f"in use by process {server.process.pid}" in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr
+            assert all(k["owner"] != "gina" for k in live)

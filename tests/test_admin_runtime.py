@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -208,6 +209,15 @@ def test_cli_never_opens_a_data_dir_a_jupyter_server_holds(tmp_path):
                                          headers={"Authorization": f"token {server.token}"})
         with urllib.request.urlopen(request, timeout=20) as resp:
             live = json.loads(resp.read())["keys"]
+        # Without the server's token, the admin API says why (in its error shape).
+        refused = urllib.request.Request(server.base + "/vkeys/api/keys", data=b"{}",
+                                         method="POST")
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(refused, timeout=20)
+        error = json.loads(caught.value.read())["error"]
+        assert caught.value.code == 403 and error["type"] == "permission_error", error
+        assert error["message"].startswith("403 Forbidden: ") and (
+            "_xsrf" in error["message"] or "not authenticated" in error["message"]), error
         if result.returncode == 0:  # through the API: the live registry has the key
             assert json.loads(result.stdout)["id"] in {k["id"] for k in live}
         else:

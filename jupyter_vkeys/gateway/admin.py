@@ -122,8 +122,24 @@ class AdminMixin:
             self.fail(400, str(exc), "invalid_request_error")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.finish(orjson.dumps({"error": {"message": f"{status_code} {self._reason}",
-                                            "type": "api_error"}}))
+        """Tornado's and Jupyter's own refusals (405, Jupyter's 403 before the handler
+        runs) in the admin API's error shape, saying why where they say it."""
+        message = f"{status_code} {self._reason}"
+        exc = (kwargs.get("exc_info") or (None, None, None))[1]
+        detail = ""
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+            try:
+                detail = exc.log_message % exc.args if exc.args else exc.log_message
+            except (TypeError, ValueError):
+                detail = exc.log_message
+        elif status_code == 403 and self.current_user is None:
+            detail = ("not authenticated: send the Jupyter server's token "
+                      "(Authorization: token <token>) or log in")
+        if detail:
+            message += f": {detail}"
+        kind = {401: "authentication_error", 403: "permission_error"}.get(status_code,
+                                                                          "api_error")
+        self.finish(orjson.dumps({"error": {"message": message, "type": kind}}))
 
 
 class KeysMixin(AdminMixin):

@@ -121,6 +121,13 @@ class AdminMixin:
         except (InvalidKeyRequest, PolicyError, ValueError) as exc:
             self.fail(400, str(exc), "invalid_request_error")
 
+    def get_login_url(self) -> str:
+        """Called by ``web.authenticated`` (the Jupyter extension's admin methods) for a
+        caller nobody authenticated: a JSON API answers 403, never a redirect to a login
+        page (which a client following redirects would read as 200)."""
+        raise tornado.web.HTTPError(403, "not authenticated: send the Jupyter server's "
+                                         "token (Authorization: token <token>) or log in")
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Tornado's and Jupyter's own refusals (405, Jupyter's 403 before the handler
         runs) in the admin API's error shape, saying why where they say it."""

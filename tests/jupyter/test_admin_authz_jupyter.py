@@ -49,13 +49,15 @@ def test_admin_matrix_in_a_jupyter_server(tmp_path):
     # The admin: a personal server's one user, with no admin list configured.
     with JupyterProcess("server", tmp_path / "a", env=isolated_env(tmp_path / "a")) as server:
         vkey, key_id = _kernel_key(server)
+        # Before the matrix: the admin's row revokes and rotates this very key.
+        me_status, me_body = call(server, "GET", "/me", {"Authorization": f"Bearer {vkey}"})
+        kernel_key_id = key_id
         for who, headers in {"nobody": {}, "wrong token": {"Authorization": "token nope"},
                              "virtual key": {"Authorization": f"Bearer {vkey}"},
                              "virtual key as x-api-key": {"x-api-key": vkey},
                              "admin": {"Authorization": f"token {server.token}"}}.items():
             results[who] = {(p, m): call(server, m, concrete(p, key_id), headers)[0]
                             for p, m in ADMIN_OPERATIONS}
-        me_status, me_body = call(server, "GET", "/me", {"Authorization": f"Bearer {vkey}"})
     # A Jupyter user of this server who is not a gateway admin (c.VKeysApp.admin_users).
     root = tmp_path / "b"
     with JupyterProcess("server", root, "--VKeysApp.admin_users=['someone-else']",
@@ -75,4 +77,4 @@ def test_admin_matrix_in_a_jupyter_server(tmp_path):
     assert all(status == 403 for status, _ in denied.values()), denied
     _, text = denied[("/keys", "GET")]
     assert "not a jupyter-vkeys admin" in text and me in text
-    assert me_status == 200 and json.loads(me_body)["id"] == key_id
+    assert me_status == 200 and json.loads(me_body)["id"] == kernel_key_id

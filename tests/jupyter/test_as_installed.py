@@ -57,7 +57,8 @@ def test_rest_kernels_get_keys_and_one_identity(command, tmp_path):
     with JupyterProcess(command, tmp_path, env=env) as server:
         session = server.start_session("reports/q3.ipynb")
         kernel_id = session["kernel"]["id"]
-        result = result_of(server.execute(kernel_id, KERNEL_CHECK))
+        checked = server.execute(kernel_id, KERNEL_CHECK)
+        result = result_of(checked)
         other = server.start_session("scratch.ipynb")
         bare = server.start_kernel()
         bare_env = result_of(server.execute(bare["id"], ENV_ONLY))
@@ -96,6 +97,12 @@ def test_rest_kernels_get_keys_and_one_identity(command, tmp_path):
     for event in ok:
         assert (event["user"], event["kernel_id"], event["notebook_path"], event["project"]) \
             == (os_user(), kernel_id, "reports/q3.ipynb", "reporting")
+    # Cost per cell under this server too: one line under the calling cell, and both
+    # calls of that cell carry its execution count in the warehouse.
+    lines = [d.get("text/plain", "") for d in checked["displays"]
+             if d.get("text/plain", "").startswith("vkeys")]
+    assert len(lines) == 1 and "2 calls" in lines[0], checked["displays"]
+    assert len({e["execution_count"] for e in ok}) == 1 and ok[0]["execution_count"]
     assert "local-provisioner" not in log.split("Kernel started")[0]
     assert "REAL-SECRET" not in log and "Traceback" not in log, log[-3000:]
 

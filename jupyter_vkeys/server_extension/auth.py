@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import orjson
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
@@ -28,20 +27,6 @@ class JupyterAdminAuth(JupyterHandler):
 
     def initialize(self, gateway: Any) -> None:
         self.gateway = gateway
-
-    def get_login_url(self) -> str:
-        """Called by ``@web.authenticated`` when a GET has no Jupyter user: an API answers
-        403 in JSON, saying what to send, instead of redirecting to the login page (which
-        a script following redirects would read as a 200)."""
-        if not self.current_user:
-            self.set_status(403)
-            self.set_header("Content-Type", "application/json")
-            self.finish(orjson.dumps({"error": {
-                "message": "not authenticated: send this Jupyter server's token "
-                           "(Authorization: token <token>) or log in first",
-                "type": "authentication_error"}}))
-            raise web.Finish()
-        return super().get_login_url()
 
     def admin_actor(self) -> str:
         """The acting Jupyter user, if a gateway admin; else :class:`AdminError` (403)."""

@@ -89,6 +89,40 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- anomalies ------------------------------------------------------------------------
+def cmd_anomalies(args: argparse.Namespace) -> int:
+    """Print the findings of every detector over a period (table or ``--json``)."""
+    from . import detectors
+    from .findings import render_table
+
+    try:
+        th = detectors.Thresholds().with_overrides(args.set or [])
+    except ValueError as exc:
+        raise SystemExit(f"jupyter vkeys: --set: {exc}") from None
+    since, until = _period(args, default_hours=24)
+    known = set(detectors.DETECTORS)
+    chosen = [d.strip() for d in (args.detector or "").split(",") if d.strip()] or None
+    if chosen and set(chosen) - known:
+        raise SystemExit(f"jupyter vkeys: unknown detector(s) {', '.join(set(chosen) - known)};"
+                         f" choose from {', '.join(sorted(known))}")
+    caps = None
+    if args.gateway:
+        from .policies import PolicyUnavailable, fetch_caps
+        try:
+            caps = fetch_caps(args.gateway, args.admin_token)
+        except PolicyUnavailable as exc:
+            print(f"jupyter vkeys: budget caps not used: {exc}", file=sys.stderr)
+    con = _open(args)
+    findings = detectors.scan(con, since, until, th, chosen, budget_caps=caps)
+    if args.json:
+        print(json.dumps([f.as_dict() for f in findings], indent=1))
+    else:
+        print(f"{len(findings)} finding(s) from {since:%Y-%m-%d %H:%M} to "
+              f"{until:%Y-%m-%d %H:%M} UTC")
+        print(render_table(findings))
+    return 0
+
+
 def register(subparsers) -> None:
     """Add ``anomalies``, ``export-focus`` and ``simulate`` to ``jupyter vkeys``'s
     subparsers (called once by :func:`jupyter_vkeys.cli.build_parser`)."""
@@ -103,3 +137,19 @@ def register(subparsers) -> None:
     sim.add_argument("--force", action="store_true", help="write even if events exist there")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=cmd_simulate)
+
+    an = subparsers.add_parser("anomalies", help="anomaly findings over a period "
+                               "(spend spikes and drops, loops, new models, error spikes)")
+    _warehouse_arg(an)
+    an.add_argument("--since", help="start of the period (ISO 8601; default: 24 h before "
+                                    "--until)")
+    an.add_argument("--until", help="end of the period (ISO 8601; default: now)")
+    an.add_argument("--json", action="store_true", help="print a JSON list of findings")
+    an.add_argument("--detector", help="comma-separated detectors to run (default: all)")
+    an.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="override a threshold, e.g. spike_z=4 (repeatable)")
+    an.add_argument("--gateway", help="gateway URL whose admin API gives budget caps "
+                                      "(adds budget exhaustion forecasts)")
+    an.add_argument("--admin-token", help="admin token for --gateway (default: "
+                                          "$VKEYS_ADMIN_TOKEN)")
+    an.set_defaults(func=cmd_anomalies)

@@ -502,6 +502,37 @@ def write_warehouse(table: pa.Table, out: str | os.PathLike, name: str | None = 
     return files
 
 
+def materialize(fleet: Fleet, counts: np.ndarray, start_hour: int, rng: np.random.Generator,
+                inj: Injected | None = None,
+                call_scale: Callable[[np.ndarray], np.ndarray] | None = None) -> pa.Table:
+    """Rows for hourly ``counts`` (entity x hour from ``start_hour``) plus what ``inj``
+    injects or removes, in time order. ``call_scale(entity)`` may give each background
+    call an input-size multiplier (the benchmarks draw heavy tails with it). Called by
+    :func:`simulate` and ``benchmarks/anomalies.py``."""
+    inj = inj or Injected()
+    entity, t_us = spread(counts, start_hour, rng)
+    for e, t0, t1 in inj.removed:
+        keep = ~((entity == e) & (t_us >= t0) & (t_us < t1))
+        entity, t_us = entity[keep], t_us[keep]
+    extra = inj.inputs()
+    n0 = len(entity)
+    entity = np.concatenate([entity, extra["entity"]])
+    t_us = np.concatenate([t_us, extra["t_us"]])
+    order = np.argsort(t_us, kind="stable")  # sort the inputs, not the (string) rows
+
+    def col(name: str) -> np.ndarray:
+        fill = 1.0 if name == "input_scale" else -1
+        head = np.full(n0, fill, extra[name].dtype)
+        if name == "input_scale" and call_scale is not None:
+            head = call_scale(entity[:n0])
+        return np.concatenate([head, extra[name]])[order]
+
+    table = events(fleet, entity[order], t_us[order], rng, model=col("model"),
+                   notebook=col("notebook"), cell=col("cell"), prompt=col("prompt"),
+                   status=col("status"), input_scale=col("input_scale"))
+    return table
+
+
 @dataclass
 class Simulation:
     """What :func:`simulate` made: the events, the fleet and the anomaly labels."""
@@ -537,24 +568,7 @@ def simulate(days: int = 30, users: int = 40, teams: int = 5, *, seed: int = 0,
         counts[e, : int(rng.integers(hours // 2, max(hours - 72, hours // 2 + 1)))] = 0
     inj = inject(fleet, counts, start_hour, rng, max(1, users // 10),
                  warmup_days=min(7, days // 3)) if anomalies else Injected()
-    entity, t_us = spread(counts, start_hour, rng)
-    for e, t0, t1 in inj.removed:
-        keep = ~((entity == e) & (t_us >= t0) & (t_us < t1))
-        entity, t_us = entity[keep], t_us[keep]
-    extra = inj.inputs()
-    n0 = len(entity)
-    entity = np.concatenate([entity, extra["entity"]])
-    t_us = np.concatenate([t_us, extra["t_us"]])
-    order = np.argsort(t_us, kind="stable")  # sort the inputs, not the (string) rows
-
-    def col(name: str) -> np.ndarray:
-        fill = 1.0 if name == "input_scale" else -1
-        out = np.concatenate([np.full(n0, fill, extra[name].dtype), extra[name]])[order]
-        return out
-
-    table = events(fleet, entity[order], t_us[order], rng, model=col("model"),
-                   notebook=col("notebook"), cell=col("cell"), prompt=col("prompt"),
-                   status=col("status"), input_scale=col("input_scale"))
+    table = materialize(fleet, counts, start_hour, rng, inj)
     sim = Simulation(table, fleet, inj.labels,
                      datetime.fromtimestamp(start_hour * 3600, timezone.utc), end)
     if out is not None:

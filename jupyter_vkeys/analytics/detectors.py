@@ -269,8 +269,10 @@ def _typical_day(m: np.ndarray, hw: Hourly, scan: slice, days: int = 14) -> np.n
             t = m[:, a:a + 24].sum(axis=1)
             totals.append(np.where(hw.first < a + 12, t, np.nan))
         if totals:
-            with np.errstate(all="ignore"):
-                p75 = np.nan_to_num(np.nanpercentile(np.array(totals), 75, axis=0))
+            x = np.sort(np.array(totals), axis=0)  # NaN (days before the key) sort last
+            count = (~np.isnan(x)).sum(axis=0)
+            pick = np.maximum(np.floor(0.75 * (count - 1)).astype(int), 0)
+            p75 = np.nan_to_num(x[pick, np.arange(x.shape[1])])
             out[:, d0 - scan.start:d1 - scan.start] = p75[:, None]
     return out
 
@@ -490,28 +492,26 @@ def new_model_findings(con, since: datetime, until: datetime, th: Thresholds
             SELECT km.*, key_first FROM km JOIN kf USING (entity_key)
             WHERE first_use >= ? AND first_use < ?
               AND first_use >= key_first + to_microseconds(CAST(? * 86400e6 AS BIGINT)))
-        SELECT c.entity_key, c.model, c.first_use,
-               (SELECT max(start_time) FROM ev e WHERE e.entity_key = c.entity_key
-                  AND e.model = c.model AND e.start_time >= c.first_use
-                  AND e.start_time < c.first_use + INTERVAL 1 DAY AND e.start_time < ?) AS last_use,
-               (SELECT coalesce(sum(cost_usd), 0) FROM ev e WHERE e.entity_key = c.entity_key
-                  AND e.model = c.model AND e.start_time >= c.first_use
-                  AND e.start_time < c.first_use + INTERVAL 1 DAY AND e.start_time < ?) AS usd,
-               (SELECT coalesce(sum(input_tokens + output_tokens), 0) FROM ev e
-                  WHERE e.entity_key = c.entity_key AND e.model = c.model
-                  AND e.start_time >= c.first_use AND e.start_time < c.first_use + INTERVAL 1 DAY
-                  AND e.start_time < ?) AS tokens,
-               (SELECT count(*) FROM ev e WHERE e.entity_key = c.entity_key
-                  AND e.model = c.model AND e.start_time >= c.first_use
-                  AND e.start_time < c.first_use + INTERVAL 1 DAY AND e.start_time < ?) AS calls,
-               (SELECT sum(cost_usd) / nullif(sum(input_tokens + output_tokens), 0) FROM ev e
-                  WHERE e.entity_key = c.entity_key AND e.start_time >= ?
-                  AND e.start_time < c.first_use AND e.status = 'ok') AS usual_p,
-               p.p AS model_p
-        FROM cand c LEFT JOIN price p USING (model)""",
+        , used AS (
+            SELECT c.entity_key, c.model, c.first_use, max(e.start_time) AS last_use,
+                   coalesce(sum(e.cost_usd), 0) AS usd,
+                   coalesce(sum(e.input_tokens + e.output_tokens), 0) AS tokens,
+                   count(*) AS calls
+            FROM cand c JOIN ev e ON e.entity_key = c.entity_key AND e.model = c.model
+             AND e.start_time >= c.first_use AND e.start_time < c.first_use + INTERVAL 1 DAY
+             AND e.start_time < ?
+            GROUP BY ALL),
+        usual AS (
+            SELECT c.entity_key, c.model,
+                   sum(e.cost_usd) / nullif(sum(e.input_tokens + e.output_tokens), 0) AS usual_p
+            FROM cand c JOIN ev e ON e.entity_key = c.entity_key AND e.start_time >= ?
+             AND e.start_time < c.first_use AND e.status = 'ok'
+            GROUP BY ALL)
+        SELECT u.entity_key, u.model, u.first_use, u.last_use, u.usd, u.tokens, u.calls,
+               usual.usual_p, p.p AS model_p
+        FROM used u LEFT JOIN usual USING (entity_key, model) LEFT JOIN price p USING (model)""",
                        [lookback, until, lookback, until, lookback, until, since, until,
-                        th.new_model_min_history_days, until, until, until, until,
-                        lookback]).fetchall()
+                        th.new_model_min_history_days, until, lookback]).fetchall()
     out: list[dict[str, Any]] = []
     for key, model, first_use, last_use, usd, tokens, calls, usual_p, model_p in rows:
         if usual_p is None or not usual_p or model_p is None:
@@ -538,8 +538,8 @@ ROOT_DIMENSIONS = {"model": "model", "notebook": "notebook_path", "cell": "cell_
 
 def root_cause(con, key: str, start: datetime, end: datetime, measure: str = "cost_usd",
                where: str = "TRUE", lookback_days: int = 7, limit: int = 3,
-               dimensions: Iterable[str] = ("model", "notebook", "cell", "prompt", "client")
-               ) -> list[Cause]:
+               dimensions: Iterable[str] = ("model", "notebook", "cell", "prompt", "client"),
+               table: str = "ev") -> list[Cause]:
     """Which values of model, notebook, cell, prompt, client and status drove a finding:
     each value's excess over its usual share of ``measure`` (``cost_usd`` or ``1`` for
     calls) within ``where``, as a share of the total excess. Called once per finding."""
@@ -550,7 +550,7 @@ def root_cause(con, key: str, start: datetime, end: datetime, measure: str = "co
         parts.append(f"""SELECT '{name}' AS dim, CAST({col} AS VARCHAR) AS v,
             coalesce(sum({measure}) FILTER (start_time >= $2), 0) AS a,
             coalesce(sum({measure}) FILTER (start_time < $2), 0) AS b
-            FROM ev WHERE entity_key = $1 AND start_time >= $4 AND start_time < $3
+            FROM {table} WHERE entity_key = $1 AND start_time >= $4 AND start_time < $3
               AND ({where}) GROUP BY 2""")
     rows = con.execute(" UNION ALL ".join(parts), [key, start, end, base0]).fetchall()
     by_dim: dict[str, list[tuple[str | None, float, float]]] = {}
@@ -663,6 +663,15 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
         raw += new_model_findings(con, since, until, th)
     ents = {key: e for key, e in zip(hw.keys, hw.entity)}
     findings: list[Finding] = []
+    table = "ev"
+    if root_causes and raw:  # the rows root causes read, once (not the warehouse per finding)
+        keys = sorted({hw.keys[r["k"]] if "k" in r else r["key"] for r in raw})
+        con.execute("CREATE OR REPLACE TEMP TABLE rc_rows AS SELECT entity_key, start_time, "
+                    "cost_usd, model, notebook_path, cell_id, prompt_hash, client, status, "
+                    "error_type, is_error, is_refusal FROM ev WHERE start_time >= ? AND "
+                    "start_time < ? AND entity_key IN (SELECT unnest(?))",
+                    [min(r["start"] for r in raw) - timedelta(days=7), until, keys])
+        table = "rc_rows"
     for r in raw:
         if r["detector"] not in want:
             continue
@@ -671,20 +680,21 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
         causes: list[Cause] = []
         if root_causes:
             if r["detector"] == "spend_spike":
-                causes = root_cause(con, key, r["start"], r["end"])
+                causes = root_cause(con, key, r["start"], r["end"], table=table)
             elif r["detector"] in ("error_spike", "refusal_spike"):
                 cond = "is_error" if r["detector"] == "error_spike" else "is_refusal"
                 causes = root_cause(con, key, r["start"], r["end"], measure=f"CAST({cond} AS INT)",
-                                    dimensions=("status", "model", "notebook", "client"))
+                                    dimensions=("status", "model", "notebook", "client"),
+                                    table=table)
             elif r["detector"] == "runaway_loop":
                 prompt = str(r["prompt"]).replace("'", "''")
                 causes = [Cause("prompt", r["prompt"], 1.0)] + [
                     c for c in root_cause(con, key, r["start"], r["end"], measure="1",
-                                          where=f"prompt_hash = '{prompt}'")
+                                          where=f"prompt_hash = '{prompt}'", table=table)
                     if c.dimension != "prompt"]
             elif r["detector"] == "new_model":
                 causes = [Cause("model", r["model"], 1.0)] + [
-                    c for c in root_cause(con, key, r["start"], r["end"])
+                    c for c in root_cause(con, key, r["start"], r["end"], table=table)
                     if c.dimension in ("notebook", "cell", "client")][:2]
         sentence = explain(r["detector"], entity, r["start"], r["end"], r["actual"],
                            r["expected"], r["unit"], causes, r)

@@ -123,6 +123,25 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- export-focus ---------------------------------------------------------------------
+def cmd_export_focus(args: argparse.Namespace) -> int:
+    """Write the period's charges as a FOCUS 1.2 dataset (Parquet or CSV)."""
+    from . import focus
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise SystemExit(f"jupyter vkeys: --out must end in .parquet or .csv (got {out.name!r})")
+    since = parse_time(args.since, "--since")
+    until = parse_time(args.until, "--until")
+    if since and until and since >= until:
+        raise SystemExit("jupyter vkeys: --since must be before --until")
+    con = _open(args)
+    rows = focus.export(con, out, since, until, account_id=args.account_id,
+                        account_name=args.account_name)
+    print(f"wrote {rows:,} FOCUS {focus.FOCUS_VERSION} rows to {out}")
+    return 0
+
+
 def register(subparsers) -> None:
     """Add ``anomalies``, ``export-focus`` and ``simulate`` to ``jupyter vkeys``'s
     subparsers (called once by :func:`jupyter_vkeys.cli.build_parser`)."""
@@ -153,3 +172,14 @@ def register(subparsers) -> None:
     an.add_argument("--admin-token", help="admin token for --gateway (default: "
                                           "$VKEYS_ADMIN_TOKEN)")
     an.set_defaults(func=cmd_anomalies)
+
+    fx = subparsers.add_parser("export-focus", help="write charges as a FinOps FOCUS 1.2 "
+                               "dataset (.parquet or .csv)")
+    _warehouse_arg(fx)
+    fx.add_argument("--since", help="first charge period (ISO 8601; default: all)")
+    fx.add_argument("--until", help="end of the last charge period (ISO 8601; default: all)")
+    fx.add_argument("--out", required=True, help="FILE.parquet or FILE.csv")
+    fx.add_argument("--account-id", default="jupyter-vkeys", help="BillingAccountId to write")
+    fx.add_argument("--account-name", default="jupyter-vkeys gateway",
+                    help="BillingAccountName to write")
+    fx.set_defaults(func=cmd_export_focus)

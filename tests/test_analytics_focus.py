@@ -69,7 +69,7 @@ def test_parquet_mandatory_columns_and_types(wh, tmp_path):
     (bad,) = con.execute(f"""SELECT count(*) FROM read_parquet('{out}') WHERE
         ChargePeriodEnd <= ChargePeriodStart OR ChargePeriodStart < ? OR ChargePeriodEnd > ?
         OR BillingPeriodStart > ChargePeriodStart OR BillingPeriodEnd < ChargePeriodEnd""",
-                         [SINCE, UNTIL]).fetchone()
+                         [SINCE, UNTIL]).fetchall()[0]
     assert bad == 0
     # the money adds up to the warehouse's, per user
     got = dict(con.execute(f"SELECT x_User, sum(BilledCost)::DOUBLE FROM read_parquet('{out}') "

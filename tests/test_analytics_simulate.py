@@ -39,7 +39,7 @@ def test_layout_and_schema(sim):
         days = pc.unique(pc.strftime(pq.read_table(f)["start_time"], "%Y-%m-%d")).to_pylist()
         assert days == [day]
     con = warehouse.connect(out)  # the project's reader sees every row once
-    assert con.execute("select count(*) from events").fetchone()[0] == s.table.num_rows
+    assert con.execute("select count(*) from events").fetchall()[0][0] == s.table.num_rows
 
 
 def test_realistic_shape(sim):
@@ -49,7 +49,7 @@ def test_realistic_shape(sim):
         select sum(case when isodow(start_time) <= 5 then 1 else 0 end) / 10.0,
                sum(case when isodow(start_time) > 5 then 1 else 0 end) / 4.0
         from ev where entity_key in (select entity_key from ev where notebook_path is not null)
-          and notebook_path is not null""").fetchone()
+          and notebook_path is not null""").fetchall()[0]
     assert weekday > 2.5 * weekend
     statuses = {r[0] for r in con.execute("select distinct status from ev").fetchall()}
     assert {"ok", "error", "upstream_error", "refused_rate", "refused_budget", "cancelled",
@@ -57,13 +57,13 @@ def test_realistic_shape(sim):
     bad = con.execute("""select count(*) from ev where input_tokens != input_uncached_tokens +
         cache_read_tokens + cache_write_tokens or abs(cost_usd - cost_input_usd - cost_cache_usd
         - cost_output_usd) > 1e-12 or reasoning_tokens > output_tokens
-        or end_time < first_token_time or first_token_time < start_time""").fetchone()[0]
+        or end_time < first_token_time or first_token_time < start_time""").fetchall()[0][0]
     assert bad == 0
     n_cache, n_teams, n_models, n_nb = con.execute("""select count(*) filter (cache_read_tokens > 0),
         count(distinct team), count(distinct model), count(distinct notebook_path) from ev
-        """).fetchone()
+        """).fetchall()[0]
     assert n_cache > 0 and n_teams == 3 and n_models >= 4 and n_nb >= 4
-    refused_cost = con.execute("select sum(cost_usd) from ev where is_refusal").fetchone()[0]
+    refused_cost = con.execute("select sum(cost_usd) from ev where is_refusal").fetchall()[0][0]
     assert refused_cost == 0
 
 
@@ -76,7 +76,7 @@ def test_labels_point_at_real_rows(sim):
     for lab in labels:
         n = con.execute("select count(*) from ev where entity_key = ? and start_time >= ? "
                         "and start_time < ?", [lab["entity_key"], lab["start"], lab["end"]]
-                        ).fetchone()[0]
+                        ).fetchall()[0][0]
         if lab["kind"] == "spend_drop":
             assert n == 0, lab
         else:

@@ -88,7 +88,7 @@ def forecast(con, cap: dict[str, Any], now: datetime, history_days: int = 14) ->
     spent = con.execute(f"SELECT coalesce(sum(cost_usd), 0) FROM ev WHERE {cond} AND "
                         "start_time >= ? AND start_time < ?",
                         params + [start or datetime(1970, 1, 1, tzinfo=timezone.utc), now]
-                        ).fetchone()[0]
+                        ).fetchall()[0][0]
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     hist_start = today - timedelta(days=history_days)
     daily = _daily(con, cond, params, hist_start, today)
@@ -177,9 +177,10 @@ def exhaustion_findings(con, caps: list[dict[str, Any]], now: datetime) -> list[
         causes = []
         total = fc.spent_usd or 1.0
         for dim, col in (("user", '"user"'), ("notebook", "notebook_path"), ("model", "model")):
-            row = con.execute(f"""SELECT {col}, sum(cost_usd) FROM ev WHERE {cond} AND
+            top = con.execute(f"""SELECT {col}, sum(cost_usd) FROM ev WHERE {cond} AND
                 start_time >= ? AND start_time < ? GROUP BY 1 ORDER BY 2 DESC NULLS LAST
-                LIMIT 1""", params + [since, now]).fetchone()
+                LIMIT 1""", params + [since, now]).fetchall()
+            row = top[0] if top else None
             if row and row[0] is not None and row[1]:
                 causes.append(Cause(dim, str(row[0]), float(row[1]) / total))
         causes.sort(key=lambda c: -c.contribution)

@@ -708,3 +708,35 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
         findings += exhaustion_findings(con, budget_caps, until)
     findings.sort(key=lambda f: (-abs(f.impact_usd), -f.score))
     return findings
+
+
+def series(con, key: str, since: datetime, until: datetime, thresholds: Thresholds | None = None,
+           findings: Iterable[Finding] = ()):
+    """Hourly ``actual`` spend of one key with the spike detector's ``expected`` and band
+    (``lower``/``upper`` for one hour) over ``[since, until)``, and ``flag`` on hours inside
+    a finding of that key: what the ``anomaly_detection`` notebook plots."""
+    import polars as pl
+
+    th = thresholds or Thresholds()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hw = load_hourly(con, since.astimezone(timezone.utc) - timedelta(days=th.lookback_days),
+                         until.astimezone(timezone.utc))
+        if key not in hw.keys:
+            return pl.DataFrame()
+        s0 = int(since.timestamp() // HOUR) - hw.h0
+        scan_slice = slice(max(s0, 0), hw.spend.shape[1])
+        exp = baseline(hw.spend, hw, scan_slice, th)
+    k = hw.keys.index(key)
+    calls = hw.calls[k, : scan_slice.stop].sum()
+    ec2 = hw.sq[k, : scan_slice.stop].sum() / max(calls, 1)
+    mean_cost = hw.spend[k, : scan_slice.stop].sum() / max(calls, 1)
+    e = exp[k]
+    sd = np.sqrt(e / max(mean_cost, 1e-9) * ec2 + (th.overdispersion * e) ** 2)
+    hours = [_t(hw, scan_slice.start + i) for i in range(len(e))]
+    spans = [(datetime.fromisoformat(f.start.replace("Z", "+00:00")),
+              datetime.fromisoformat(f.end.replace("Z", "+00:00")))
+             for f in findings if f.entity.get("key_id") == key]
+    flag = [any(a <= h < b for a, b in spans) for h in hours]
+    return pl.DataFrame({"hour": hours, "actual": hw.spend[k, scan_slice], "expected": e,
+                         "lower": np.maximum(e - 3 * sd, 0), "upper": e + 3 * sd, "flag": flag})

@@ -132,7 +132,8 @@ def export(con, out: str | os.PathLike, since: datetime | None = None,
     options = "FORMAT PARQUET, COMPRESSION zstd" if fmt == "PARQUET" else "FORMAT CSV, HEADER"
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"COPY ({sql}) TO {_lit(str(tmp))} ({options})", params)
-    rows = con.execute(f"SELECT count(*) FROM read_{fmt.lower()}({_lit(str(tmp))})").fetchone()[0]
+    reader = f"read_{fmt.lower()}({_lit(str(tmp))})"
+    rows = con.execute(f"SELECT count(*) FROM {reader}").fetchall()[0][0]
     os.replace(tmp, path)
     return rows
 

@@ -23,11 +23,11 @@ DIMENSIONS: dict[str, str] = {
 MEASURES: dict[str, str] = {
     "spend_usd": "coalesce(sum(cost_usd), 0)",
     "calls": "count(*)",
-    "input_uncached_tokens": "coalesce(sum(input_uncached_tokens), 0)",
-    "cache_read_tokens": "coalesce(sum(cache_read_tokens), 0)",
-    "cache_write_tokens": "coalesce(sum(cache_write_tokens), 0)",
-    "output_tokens": "coalesce(sum(output_tokens), 0)",
-    "reasoning_tokens": "coalesce(sum(reasoning_tokens), 0)",
+    "input_uncached_tokens": "CAST(coalesce(sum(input_uncached_tokens), 0) AS BIGINT)",
+    "cache_read_tokens": "CAST(coalesce(sum(cache_read_tokens), 0) AS BIGINT)",
+    "cache_write_tokens": "CAST(coalesce(sum(cache_write_tokens), 0) AS BIGINT)",
+    "output_tokens": "CAST(coalesce(sum(output_tokens), 0) AS BIGINT)",
+    "reasoning_tokens": "CAST(coalesce(sum(reasoning_tokens), 0) AS BIGINT)",
     "latency_p50_ms": "quantile_cont(latency_ms, 0.5) FILTER (status = 'ok')",
     "latency_p95_ms": "quantile_cont(latency_ms, 0.95) FILTER (status = 'ok')",
     "error_rate": "avg(CAST(is_error AS DOUBLE))",
@@ -137,7 +137,8 @@ def cache_savings(con, by: str = "model", since: datetime | None = None,
             SELECT model, sum(cost_input_usd) / nullif(sum(input_uncached_tokens), 0) AS p_in
             FROM ev WHERE {cond} AND input_uncached_tokens > 0 GROUP BY model)
         SELECT {DIMENSIONS[dim]} AS "{dim}",
-               coalesce(sum(cache_read_tokens + cache_write_tokens), 0) AS cached_tokens,
+               CAST(coalesce(sum(cache_read_tokens + cache_write_tokens), 0) AS BIGINT)
+                   AS cached_tokens,
                coalesce(sum((cache_read_tokens + cache_write_tokens) * p_in), 0) AS list_usd,
                coalesce(sum(cost_cache_usd), 0) AS paid_usd
         FROM ev JOIN price USING (model) WHERE {cond}
@@ -158,5 +159,5 @@ def totals(con, since: datetime | None = None, until: datetime | None = None) ->
 
 def bounds(con) -> tuple[datetime | None, datetime | None]:
     """The first and last call start in the warehouse (notebooks default their period)."""
-    lo, hi = con.execute("SELECT min(start_time), max(start_time) FROM ev").fetchone()
+    lo, hi = con.execute("SELECT min(start_time), max(start_time) FROM ev").fetchall()[0]
     return lo, (hi + timedelta(microseconds=1)) if hi is not None else None

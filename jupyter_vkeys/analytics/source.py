@@ -79,6 +79,10 @@ def normalize(con, source: str = "events") -> None:
             cols.append(f'"{field.name}"')
         else:  # a foreign writer's type: cast what converts, NULL what does not
             cols.append(f'TRY_CAST("{field.name}" AS {want}) AS "{field.name}"')
+    # day from the hive partition (the UTC day of start_time by the documented layout):
+    # truncating a TIMESTAMPTZ goes through ICU and costs ~4x the whole aggregation
+    day = "CAST(date AS DATE)" if "date" in present else (
+        "CAST(make_timestamp((epoch_us(start_time) // 86400000000) * 86400000000) AS DATE)")
     errors = ", ".join(f"'{s}'" for s in ERROR_STATUSES)
     refusals = ", ".join(f"'{s}'" for s in REFUSAL_STATUSES)
     con.execute(f"""
@@ -86,8 +90,8 @@ def normalize(con, source: str = "events") -> None:
         SELECT *,
                coalesce(response_model, request_model) AS model,
                coalesce(parent_key_id, key_id) AS entity_key,
-               CAST(date_trunc('day', start_time) AS DATE) AS day,
-               date_trunc('hour', start_time) AS hour,
+               {day} AS day,
+               make_timestamptz((epoch_us(start_time) // 3600000000) * 3600000000) AS hour,
                status IN ({errors}) AS is_error,
                status IN ({refusals}) AS is_refusal
-        FROM (SELECT {", ".join(cols)} FROM {source})""")
+        FROM (SELECT {", ".join(cols)}{", date" if "date" in present else ""} FROM {source})""")

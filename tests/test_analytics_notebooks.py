@@ -30,6 +30,7 @@ def wh(tmp_path_factory):
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("VKEYS_CHART_DIR", os.environ.get("VKEYS_CHART_DIR", ""))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
                      ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"),
@@ -55,11 +56,15 @@ def test_notebook_runs_and_renders_its_main_chart(name, wh, isolated):
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     simulated = name == "cost_attribution"  # this one finds no warehouse and simulates
-    if not simulated:
+    if simulated:
+        params.source += "\nsimulated_users = 10\n"
+    else:
         params.source += f"\nwarehouse = {str(wh)!r}\n"
     if name == "finops_export":
         params.source += f"out = {str(isolated / 'focus.parquet')!r}\n"
-    png = isolated / f"{name}.png"
+    charts = Path(os.environ.get("VKEYS_CHART_DIR") or isolated)  # CI may keep them
+    charts.mkdir(parents=True, exist_ok=True)
+    png = charts / f"{name}.png"
     nb.cells.append(nbformat.v4.new_code_cell(
         "from jupyter_vkeys.analytics.charts import save_png\n"
         f"print(save_png(main_chart, {str(png)!r}))"))

@@ -130,3 +130,11 @@ def test_cli(wh):
         assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr
     empty = run("--warehouse", str(out / "nothing"))
     assert empty.returncode != 0 and "no events under" in empty.stderr
+
+
+def test_cli_on_a_corrupt_file(tmp_path):
+    (tmp_path / "events" / "date=2026-03-01").mkdir(parents=True)
+    (tmp_path / "events" / "date=2026-03-01" / "broken.parquet").write_bytes(b"PAR1 not really")
+    bad = run("--warehouse", str(tmp_path), "--since", "2026-03-01", "--until", "2026-03-02")
+    assert bad.returncode != 0 and "could not read" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -31,6 +31,24 @@ def parse_time(text: str | None, flag: str) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
+def _friendly(handler):
+    """Turn an unreadable warehouse (a corrupt or foreign file DuckDB cannot read, a
+    directory without permission) into a one-line message instead of a traceback."""
+    import functools
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        import duckdb
+
+        try:
+            return handler(args)
+        except (duckdb.Error, OSError) as exc:
+            where = getattr(args, "warehouse", None) or "the default warehouse"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SystemExit(f"jupyter vkeys: could not read {where}: {first}") from None
+    return run
+
+
 def _warehouse_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warehouse", help="warehouse directory (events/date=YYYY-MM-DD/"
                         "*.parquet) or gateway data directory (default: $VKEYS_DATA_DIR or "
@@ -155,7 +173,7 @@ def register(subparsers) -> None:
     sim.add_argument("--out", required=True, help="warehouse directory to write")
     sim.add_argument("--force", action="store_true", help="write even if events exist there")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
-    sim.set_defaults(func=cmd_simulate)
+    sim.set_defaults(func=_friendly(cmd_simulate))
 
     an = subparsers.add_parser("anomalies", help="anomaly findings over a period "
                                "(spend spikes and drops, loops, new models, error spikes)")
@@ -171,7 +189,7 @@ def register(subparsers) -> None:
                                       "(adds budget exhaustion forecasts)")
     an.add_argument("--admin-token", help="admin token for --gateway (default: "
                                           "$VKEYS_ADMIN_TOKEN)")
-    an.set_defaults(func=cmd_anomalies)
+    an.set_defaults(func=_friendly(cmd_anomalies))
 
     fx = subparsers.add_parser("export-focus", help="write charges as a FinOps FOCUS 1.2 "
                                "dataset (.parquet or .csv)")
@@ -182,4 +200,4 @@ def register(subparsers) -> None:
     fx.add_argument("--account-id", default="jupyter-vkeys", help="BillingAccountId to write")
     fx.add_argument("--account-name", default="jupyter-vkeys gateway",
                     help="BillingAccountName to write")
-    fx.set_defaults(func=cmd_export_focus)
+    fx.set_defaults(func=_friendly(cmd_export_focus))

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from jupyter_vkeys.analytics import detectors, source
-from jupyter_vkeys.analytics.simulate import (Fleet, Injected, inject, make_fleet, materialize,
+from jupyter_vkeys.analytics.simulate import (inject, make_fleet, materialize,
                                               simulate, write_warehouse)
 
 DAYS = 30
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 found = detectors.scan(con, since, END, th)
                 scan_s.append(time.perf_counter() - t0)
                 entities = con.execute("SELECT count(DISTINCT entity_key) FROM ev WHERE "
-                                       "start_time >= ?", [since]).fetchone()[0]
+                                       "start_time >= ?", [since]).fetchall()[0][0]
                 r = evaluate(found, labels, entities, (DAYS - WARMUP) / 7)
                 for det, s in r["detectors"].items():
                     for k, v in s.items():

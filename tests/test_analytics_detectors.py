@@ -63,7 +63,6 @@ def test_few_false_alerts(wh, found):
         lab["entity_key"] == f.entity["key_id"]
         and _t(f.start) < _t(lab["end"]) + timedelta(hours=2)
         and _t(f.end) > _t(lab["start"]) - timedelta(hours=2) for lab in sim.labels)]
-    entities = len({f.entity["key_id"] for f in found}) or 1
     assert len(false) <= max(2, sim.fleet.size // 5), [f.explanation for f in false]
 
 

@@ -59,7 +59,8 @@ def test_realistic_shape(sim):
         - cost_output_usd) > 1e-12 or reasoning_tokens > output_tokens
         or end_time < first_token_time or first_token_time < start_time""").fetchall()[0][0]
     assert bad == 0
-    n_cache, n_teams, n_models, n_nb = con.execute("""select count(*) filter (cache_read_tokens > 0),
+    n_cache, n_teams, n_models, n_nb = con.execute("""select
+        count(*) filter (cache_read_tokens > 0),
         count(distinct team), count(distinct model), count(distinct notebook_path) from ev
         """).fetchall()[0]
     assert n_cache > 0 and n_teams == 3 and n_models >= 4 and n_nb >= 4

@@ -39,7 +39,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .findings import Cause, Finding, iso, money, value_text
+from .findings import Cause, Finding, iso, money
 
 HOUR = 3600
 WEEK_H = 168
@@ -413,7 +413,10 @@ def rate_findings(hw: Hourly, scan: slice, th: Thresholds) -> list[dict[str, Any
                 n = float(hw.calls[k, scan][h_start:h_end].sum())
                 bad = float(mat[k, scan][h_start:h_end].sum())
                 sd = np.sqrt(p[k] * (1 - p[k]) / max(n, 1))
-                lost = float(hw.spend[k, scan][h_start:h_end].sum()) * 0.0
+                # failed calls are rarely billed: the impact is the work to redo, priced
+                # at the key's mean cost per call
+                spent = hw.spend[k, : scan.stop].sum() / max(hw.calls[k, : scan.stop].sum(), 1)
+                lost = max(bad - n * p[k], 0.0) * float(spent)
                 out.append(dict(detector=name, k=k, start=_t(hw, scan.start + h_start),
                                 end=_t(hw, scan.start + h_end), actual=bad / max(n, 1),
                                 expected=float(p[k]), lower=max(0.0, p[k] - 3 * sd),
@@ -463,7 +466,7 @@ def loop_findings(con, since: datetime, until: datetime, th: Thresholds
                 continue
             n = float(sum(r[3] for r in inside))
             usd = float(sum(r[4] for r in inside))
-            typical = 1.0
+            typical = 1.0  # the same prompt within a window: normally once
             out.append(dict(detector="runaway_loop", key=key, prompt=prompt,
                             start=t0.astimezone(timezone.utc),
                             end=t1.astimezone(timezone.utc) + timedelta(seconds=1),
@@ -569,7 +572,7 @@ def root_cause(con, key: str, start: datetime, end: datetime, measure: str = "co
         best = max(vals, key=lambda x: x[1] - (x[2] / total_b * scale if total_b else 0.0))
         excess = best[1] - (best[2] / total_b * scale if total_b else 0.0)
         share = max(0.0, min(1.0, excess / excess_total))
-        if best[0] is not None and share >= 0.3 and len(vals) > 0:
+        if best[0] is not None and share >= 0.3:
             if len(vals) == 1 and total_b and best[2] / total_b > 0.9:
                 continue  # the only value, in history too: it explains nothing
             causes.append(Cause(dim, best[0], share))

@@ -57,9 +57,11 @@ def focus_sql(since: datetime | None, until: datetime | None, account_id: str = 
                project, notebook_path, model, {provider} AS pname,
                any_value(key_alias) AS alias, count(*) AS calls,
                coalesce(sum(input_uncached_tokens), 0) AS t_in,
-               coalesce(sum(cache_read_tokens), 0) + coalesce(sum(cache_write_tokens), 0) AS t_cache,
+               coalesce(sum(cache_read_tokens), 0)
+                   + coalesce(sum(cache_write_tokens), 0) AS t_cache,
                coalesce(sum(output_tokens), 0) AS t_out,
-               coalesce(sum(cost_input_usd), 0) AS c_in, coalesce(sum(cost_cache_usd), 0) AS c_cache,
+               coalesce(sum(cost_input_usd), 0) AS c_in,
+               coalesce(sum(cost_cache_usd), 0) AS c_cache,
                coalesce(sum(cost_output_usd), 0) AS c_out, coalesce(sum(cost_usd), 0) AS c_all
         FROM ev WHERE {cond} AND status IS DISTINCT FROM 'dry_run'
         GROUP BY ALL),

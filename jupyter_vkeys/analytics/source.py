@@ -22,6 +22,7 @@ from ..warehouse.schema import EVENTS_SCHEMA
 ERROR_STATUSES = ("error", "upstream_error", "timeout", "lost")
 REFUSAL_STATUSES = ("refused_budget", "refused_rate", "refused_model", "refused_key")
 
+_SPELLED = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE"}  # how DESCRIBE spells it
 _DUCK = {pa.int16(): "SMALLINT", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
          pa.bool_(): "BOOLEAN", pa.string(): "VARCHAR"}
 
@@ -74,8 +75,7 @@ def normalize(con, source: str = "events") -> None:
         want = _duck_type(field)
         if field.name not in present:
             cols.append(f'CAST(NULL AS {want}) AS "{field.name}"')
-        elif present[field.name].upper().startswith(want.split("(")[0]) or (
-                want == "TIMESTAMPTZ" and present[field.name].upper() == "TIMESTAMP WITH TIME ZONE"):
+        elif present[field.name].upper() in (want, _SPELLED.get(want)):
             cols.append(f'"{field.name}"')
         else:  # a foreign writer's type: cast what converts, NULL what does not
             cols.append(f'TRY_CAST("{field.name}" AS {want}) AS "{field.name}"')
@@ -94,4 +94,5 @@ def normalize(con, source: str = "events") -> None:
                make_timestamptz((epoch_us(start_time) // 3600000000) * 3600000000) AS hour,
                status IN ({errors}) AS is_error,
                status IN ({refusals}) AS is_refusal
-        FROM (SELECT {", ".join(cols)}{", date" if "date" in present else ""} FROM {source})""")
+        FROM (SELECT {", ".join(cols)}{", date" if "date" in present else ""}
+              FROM {source})""")

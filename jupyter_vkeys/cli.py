@@ -261,6 +261,14 @@ def admin_backend(args: argparse.Namespace):
 
 
 # -- keys and policy -----------------------------------------------------------------
+def _pair_arg(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` (``--metadata``, ``--alias-model``) -> a pair."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: use NAME=VALUE")
+    return name, value
+
+
 def _budget_arg(text: str) -> dict[str, Any]:
     """``20/month`` or ``20/month@0.8`` -> a budget object."""
     amount, _, rest = text.partition("/")
@@ -287,11 +295,11 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "models", None) is not None:
         fields["models"] = [m for m in args.models.split(",") if m] or None
     if getattr(args, "alias_model", None):
-        fields["aliases"] = dict(item.split("=", 1) for item in args.alias_model)
+        fields["aliases"] = dict(args.alias_model)
     if getattr(args, "budget", None):
         fields["budgets"] = args.budget
     if getattr(args, "metadata", None):
-        fields["metadata"] = dict(item.split("=", 1) for item in args.metadata)
+        fields["metadata"] = dict(args.metadata)
     return fields
 
 
@@ -427,7 +435,7 @@ def _query(con, sql: str, params: list, as_json: bool, names: list[str] | None =
 
 def _limit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", help="comma-separated allowlist (globs), '' to clear")
-    parser.add_argument("--alias-model", action="append", metavar="NAME=MODEL",
+    parser.add_argument("--alias-model", action="append", metavar="NAME=MODEL", type=_pair_arg,
                         help="model alias, e.g. cheap=gpt-4o-mini (repeatable)")
     parser.add_argument("--rpm", type=int, help="requests per minute")
     parser.add_argument("--tpm", type=int, help="tokens per minute (input + output)")
@@ -473,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
             for name in ("alias", "owner", "team", "project"):
                 p.add_argument(f"--{name}")
             p.add_argument("--expires-at", help="RFC 3339 time, e.g. 2026-12-31T00:00:00Z")
-            p.add_argument("--metadata", action="append", metavar="K=V")
+            p.add_argument("--metadata", action="append", metavar="K=V", type=_pair_arg)
             _limit_flags(p)
         if action == "create":
             p.add_argument("--parent", help="parent key id (a child spends against its budgets)")

@@ -68,6 +68,7 @@ class Misbehaving:
         self.open = 0
         self.heads: list[bytes] = []
         self.bodies: list[bytes] = []
+        self._tasks: set[asyncio.Task] = set()
         self._lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
@@ -86,6 +87,7 @@ class Misbehaving:
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._tasks.add(asyncio.current_task())
         with self._lock:
             self.connections += 1
             self.open += 1
@@ -139,6 +141,7 @@ class Misbehaving:
             with self._lock:
                 self.open -= 1
             writer.transport.abort()
+            self._tasks.discard(asyncio.current_task())
 
     def wait_for(self, condition: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Poll ``condition`` (reading this server's counters) until true or timeout."""
@@ -152,6 +155,10 @@ class Misbehaving:
     def stop(self) -> None:
         async def shutdown() -> None:
             self.server.close()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
@@ -164,6 +171,7 @@ class ConnectProxy:
     def __init__(self) -> None:
         self.targets: list[str] = []
         self.auth: list[str] = []
+        self._tasks: set[asyncio.Task] = set()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
@@ -181,6 +189,13 @@ class ConnectProxy:
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._tasks.add(asyncio.current_task())
+        try:
+            await self._tunnel(reader, writer)
+        finally:
+            self._tasks.discard(asyncio.current_task())
+
+    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
@@ -214,6 +229,10 @@ class ConnectProxy:
     def stop(self) -> None:
         async def shutdown() -> None:
             self.server.close()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)

@@ -241,5 +241,8 @@ def build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path, clie
         "anthropic": {"kind": "anthropic", "base_url": fake_upstream["anthropic"].url,
                       "api_key_file": str(secret_file)},
     }
+    # The fake provider process reads its controls from headers an operator must list.
+    forward = ["anthropic-version", "anthropic-beta", "openai-beta", "idempotency-key",
+               "x-vkeys-fake-latency-ms", "x-vkeys-fake-chunk-delay-ms", "x-vkeys-fake-error"]
     return make_gateway(providers=providers, read_timeout=3.0, upstream_client=client,
-                        front=front)
+                        front=front, forward_headers=forward)

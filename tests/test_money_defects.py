@@ -214,3 +214,29 @@ def test_deeply_nested_prompt_is_400(gateway, depth):
            ', "messages": [{"role": "user", "content": "x"}]}').encode()
     status, answer = post(gateway, "/openai/v1/chat/completions", raw, key)
     assert status in (200, 400), answer
+
+
+def test_fake_controls_never_reach_a_provider(fake_upstream, make_gateway, monkeypatch):
+    """x-vkeys-fake-* headers are gateway-internal: by default they are not relayed to a
+    provider (here the fake process, which would obey them), but the in-process fake
+    still honours them."""
+    from support import REAL_OPENAI_KEY
+
+    monkeypatch.setenv("HDR_OPENAI_KEY", REAL_OPENAI_KEY)
+    gw = make_gateway(read_timeout=3.0, providers={"openai": {
+        "kind": "openai", "base_url": fake_upstream["openai"].url + "/v1",
+        "api_key_env": "HDR_OPENAI_KEY"}})
+    key, _ = gw.create_key(owner="hdr")
+    client = openai_client(gw, key, default_headers={"x-vkeys-fake-error": "503"})
+    reply = client.chat.completions.create(model="gpt-4o-mini", max_tokens=3,
+                                           messages=[{"role": "user", "content": "x"}])
+    assert reply.choices[0].message.content  # the provider never saw the control
+    seen = fake_upstream["openai"].seen()[-1]
+    assert not any(h.startswith("x-vkeys-") for h in seen["headers"]), seen
+    fake = make_gateway(fake_mode="always")
+    key, _ = fake.create_key(owner="hdr")
+    with pytest.raises(openai.APIStatusError) as info:
+        openai_client(fake, key, default_headers={"x-vkeys-fake-error": "503"}
+                      ).chat.completions.create(model="gpt-4o-mini", max_tokens=3,
+                                                messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 503

@@ -167,7 +167,8 @@ def test_audit_dataset_and_schema_version(make_gateway):
                      ("key.revoke", f"key:{record['id']}", "admin-token")]
     files = list((root / "events").rglob("*.parquet")) + list((root / "audit").rglob("*.parquet"))
     schema = pq.read_schema(files[0])
-    assert schema.metadata[b"schema_version"] == b"1"
+    from jupyter_vkeys.warehouse.version import SCHEMA_VERSION
+    assert schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode()
 
 
 def test_event_row_fields(make_gateway):

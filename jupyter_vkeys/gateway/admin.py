@@ -6,7 +6,8 @@ Routes (JSON in, JSON out, errors as ``{"error": {"message", "type"}}``):
 - ``GET|POST /keys``, ``GET|PATCH /keys/{id}``, ``POST /keys/{id}/revoke``,
   ``POST /keys/{id}/rotate``,
 - ``GET /policies``, ``GET|PUT|PATCH|DELETE /policies/{scope}``,
-- ``GET /audit``.
+- ``GET /audit``,
+- ``GET /openapi.json`` (no auth): the OpenAPI description (:mod:`.openapi`).
 
 The handler logic lives in mixins; who counts as an admin is decided by the
 base class they are combined with (:class:`TokenAdminAuth` standalone, the
@@ -30,6 +31,7 @@ from ..runtime import ControlPlane, OperationError
 from .core import VKeysGateway
 from .dataplane import DataPlaneHandler, public_endpoint
 from .errors import ApiError
+from .openapi import OpenApiHandler
 
 
 # Kept under its historical name: the Jupyter extension's auth raises it.
@@ -61,6 +63,7 @@ class AdminMixin:
     """JSON plumbing shared by the admin handlers (mixed before an auth base class)."""
 
     gateway: VKeysGateway
+    query_params: tuple[str, ...] = ()  # the query parameters the route takes
 
     def set_default_headers(self) -> None:
         self.set_header("content-type", "application/json")
@@ -105,6 +108,11 @@ class AdminMixin:
             if self.gateway.registry is None:
                 raise AdminError(503, "the gateway is starting; retry in a moment",
                                  "unavailable")
+            unknown = sorted(set(self.request.query_arguments) - set(self.query_params))
+            if unknown:
+                allowed = ", ".join(self.query_params) or "none"
+                raise AdminError(400, f"unknown query parameters {unknown[:5]!r}; this "
+                                      f"route takes: {allowed}")
             action(actor)
         except AdminError as exc:
             self.fail(exc.status, exc.message, exc.kind)
@@ -120,6 +128,8 @@ class AdminMixin:
 
 class KeysMixin(AdminMixin):
     """``GET /keys`` (filters: owner, team, project, state, parent_id) and ``POST /keys``."""
+
+    query_params = ("owner", "team", "project", "state", "parent_id")
 
     def get(self) -> None:
         def action(actor: str) -> None:
@@ -184,6 +194,8 @@ class PolicyMixin(AdminMixin):
 class AuditMixin(AdminMixin):
     """``GET /audit?since=<seq>&limit=<n>``: admin actions, oldest first."""
 
+    query_params = ("since", "limit")
+
     def get(self) -> None:
         self.run(lambda actor: self.reply(self.control.audit(
             self.get_argument("since", None), self.get_argument("limit", None))))
@@ -240,6 +252,7 @@ def admin_handlers(prefix: str, gateway: VKeysGateway, auth_base: type = TokenAd
     api = prefix + "/api"
     init = {"gateway": gateway}
     return [
+        (api + r"/openapi.json", OpenApiHandler),
         (api + r"/keys", make(KeysMixin), init),
         (api + r"/keys/([^/]+)", make(KeyMixin), init),
         (api + r"/keys/([^/]+)/(revoke|rotate)", make(KeyActionMixin), init),

@@ -79,6 +79,7 @@ class Call:
     prompt_hash: str = ""
     prompt_text: str | None = None
     upstream_wait: float = 0.0  # seconds spent awaiting the upstream (headers and chunks)
+    request_sent: bool = False  # the request may have reached the upstream (it may bill it)
     budget_warnings: list[str] = field(default_factory=list)
     tags: dict[str, Any] = field(default_factory=dict)
     cell_id: str = ""  # the notebook cell running when the call arrived (see gateway.cells)

@@ -29,7 +29,8 @@ from ..providers.catalog import DEFAULT_CATALOG, Catalog, ModelEntry
 from ..providers.config import DEFAULT_PROVIDERS, ProviderConfig, load_providers
 from ..providers.fake import FakeTransport
 from ..providers.lean_http import LeanTransport
-from ..providers.transport import HttpTransport, Transport
+from ..providers.scrub import Scrubber
+from ..providers.transport import HttpTransport, ProxySettings, Transport
 from ..registry import KeyRegistry
 from ..runtime import ControlPlane, DataDirLock, publish
 from ..store import Store
@@ -133,6 +134,21 @@ class VKeysGateway(LoggingConfigurable):
     upstream_client = Enum(["lean", "aiohttp"], "lean", help=(
         "HTTP client for upstream calls: lean (pooled keep-alive HTTP/1.1 on httptools, the "
         "fastest measured) or aiohttp (its pooled ClientSession).")).tag(config=True)
+    max_response_bytes = Int(64 * 1024 * 1024, help=(
+        "Largest non-streamed upstream answer the gateway buffers (after decoding gzip); a "
+        "larger one is answered 502. Streams are relayed as they arrive and not capped.")).tag(
+        config=True)
+    upstream_keepalive = Float(30.0, help=(
+        "Seconds a pooled upstream connection may stay idle before it is closed rather than "
+        "reused (below most servers' own idle timeouts, so a reused connection is rarely "
+        "closed under a request).")).tag(config=True)
+    upstream_proxy = Unicode(None, allow_none=True, help=(
+        "HTTP proxy for upstream calls, e.g. 'http://user:pass@proxy.corp:3128' (https "
+        "upstreams are tunnelled with CONNECT; TLS stays end to end). None (the default) reads "
+        "HTTPS_PROXY / HTTP_PROXY from the environment; '' connects directly.")).tag(config=True)
+    upstream_no_proxy = Unicode(None, allow_none=True, help=(
+        "Comma-separated hosts (or .domain suffixes) reached without the proxy. None (the "
+        "default) reads NO_PROXY from the environment.")).tag(config=True)
     admin_token = Unicode("", help="Bearer token of the standalone admin API. Default: "
                                    "$VKEYS_ADMIN_TOKEN, else one generated into "
                                    "<data_dir>/admin_token (mode 0600).").tag(config=True)
@@ -157,10 +173,12 @@ class VKeysGateway(LoggingConfigurable):
                                            "revoked (otherwise in-flight calls finish).").tag(
         config=True)
     forward_headers = List(["anthropic-version", "anthropic-beta", "openai-beta",
-                            "idempotency-key", "x-vkeys-fake-latency-ms",
-                            "x-vkeys-fake-chunk-delay-ms", "x-vkeys-fake-error"],
+                            "idempotency-key"],
                            help="Client request headers relayed upstream (all others are "
-                                "dropped; credentials are always replaced).").tag(config=True)
+                                "dropped; credentials are always replaced). The offline "
+                                "fake's x-vkeys-fake-* controls reach the in-process fake "
+                                "only; list them here to pass them to a fake provider "
+                                "served over HTTP.").tag(config=True)
 
     warehouse = Bool(True, help="Record every call and admin action in the Parquet warehouse "
                                 "(off: events are kept in memory only).").tag(config=True)
@@ -293,6 +311,13 @@ class VKeysGateway(LoggingConfigurable):
 
     def _open_transports(self) -> None:
         real = [p for p in self.provider_configs.values() if p.kind != "fake" and p.has_credentials]
+        self.scrubber = Scrubber(p.api_key for p in self.provider_configs.values())
+        proxies = ProxySettings.from_environment()
+        if self.upstream_proxy is not None:
+            proxies = ProxySettings({"http": self.upstream_proxy, "https": self.upstream_proxy},
+                                    proxies.no_proxy)
+        if self.upstream_no_proxy is not None:
+            proxies.no_proxy = self.upstream_no_proxy
         self.fake = FakeTransport(latency_ms=self.fake_latency_ms,
                                   chunk_delay_ms=self.fake_chunk_delay_ms)
         use_fake_for_all = self.fake_mode == "always" or (self.fake_mode == "auto" and not real)
@@ -307,7 +332,9 @@ class VKeysGateway(LoggingConfigurable):
                 client = LeanTransport if self.upstream_client == "lean" else HttpTransport
                 self.transports[name] = client(connect_timeout=self.connect_timeout,
                                                read_timeout=self.read_timeout,
-                                               ssl_context=context)
+                                               ssl_context=context,
+                                               keepalive_timeout=self.upstream_keepalive,
+                                               proxies=proxies)
         if use_fake_for_all:
             log.warning("jupyter-vkeys: no provider credentials configured; every model is "
                         "answered by the OFFLINE FAKE provider (set OPENAI_API_KEY / "

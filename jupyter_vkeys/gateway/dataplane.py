@@ -85,7 +85,11 @@ class TornadoExchange(Exchange):
             raise ClientGone() from None
 
     def finish(self, data: bytes = b"") -> None:
-        self.handler.finish(data)
+        handler = self.handler
+        status = handler.get_status()
+        if status in (204, 304) or status < 200:  # no body (tornado raises on b"" too)
+            data = b""
+        handler.finish(data or None)
 
     def abort(self) -> None:
         self.handler.request.connection.close()
@@ -243,11 +247,18 @@ class NotFoundHandler(DataPlaneHandler):
     def initialize(self, gateway: VKeysGateway, operation: str = "", dialect: str = "openai",
                    anthropic_prefix: str = "") -> None:
         super().initialize(gateway, operation, dialect)
-        if anthropic_prefix and self.request.path.startswith(anthropic_prefix):
+        # (inside Jupyter the path starts with base_url, which the route table adds)
+        if anthropic_prefix and anthropic_prefix in self.request.path:
             self.dialect = "anthropic"
 
-    def prepare(self) -> None:
-        super().prepare()
+    @public_endpoint
+    def get(self, *args: str) -> None:
+        self.not_found()
+
+    post = put = patch = delete = head = options = get
+
+    def not_found(self) -> None:
+        """Answer 404, naming the provider endpoint this gateway does not relay."""
         path = self.request.path
         endpoint = path.partition("/v1/")[2]
         if any(endpoint == name or endpoint.startswith(name + "/") for name in UNSUPPORTED):

@@ -16,7 +16,15 @@ and :mod:`.dataplane` carries the calls.
 Requests on one connection are answered in order (pipelined ones wait their
 turn); reading pauses while too many wait. Bodies over ``max_body_bytes`` are
 refused with 413 as soon as their declared length is known, and the
-connection is closed without reading them.
+connection is closed without reading them. Heads over ``max_head_bytes`` get
+431 however they are split into packets, targets over ``max_url_bytes`` 414;
+a head or body not received within ``head_timeout`` / ``body_timeout`` of its
+start gets 408; idle keep-alive connections close after ``idle_timeout``; past
+``max_connections`` a new connection gets 503. ``Upgrade`` and ``CONNECT`` are
+refused (400), as is a missing, repeated or invalid ``Host`` (400, and the
+connection goes on). Every refusal is JSON in the route's dialect; one that
+ends the connection sends FIN and drops what still arrives for a moment, so
+the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import asyncio
 import http
 import logging
 import re
+import select
 import socket
 import time
 from collections import deque
@@ -183,6 +192,7 @@ class _Stop(Exception):
 # What the parser is reading on a connection.
 _IDLE, _HEAD, _BODY = 0, 1, 2
 _LINGER = 2.0  # seconds a refused client's further bytes are read (and dropped) before close
+_LINGER_BYTES = 1 << 20  # ... and at most this many
 # Host header values accepted (RFC 3986 host and port; no comma: tornado refuses those too).
 _HOST = re.compile(r"(\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(:[0-9]*)?")
 
@@ -209,10 +219,12 @@ class _Connection(asyncio.Protocol):
         self.writing_paused = False
         self.drain: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
+        self.exchange: _LeanExchange | None = None  # of the data-plane call in flight
         self.on_close: Callable[[], None] | None = None
         self.state = _IDLE
         self.started = 0.0  # when the head or body being read began (monotonic)
         self.eof = False  # the client half-closed: answer what was read, then close
+        self._dropped = 0  # bytes received once closing (dropped unread)
         self._url = b""
         self._items: list[tuple[str, str]] = []
         self._body: list[bytes] = []
@@ -246,8 +258,11 @@ class _Connection(asyncio.Protocol):
         server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return  # refused, or lingering before close: what follows is not read
+        if self.closing:  # refused, or lingering before close: what follows is not read
+            self._dropped += len(data)
+            if self._dropped > _LINGER_BYTES:
+                self.abort()
+            return
         try:
             if self.state == _HEAD:
                 self._feed_head(data)
@@ -482,6 +497,7 @@ class _Connection(asyncio.Protocol):
         route = self.server.proxy_routes.get(path) if request.method == "POST" else None
         if route is not None:
             call = ProxyCall(self.server.gateway, exchange, route[0], route[1])
+            self.exchange = exchange
             self.task = task = self.loop.create_task(call.run())
             task.add_done_callback(exchange.task_done)
         else:
@@ -506,14 +522,20 @@ class _Connection(asyncio.Protocol):
         """Close after a response that ends the connection: send FIN once it is written,
         then drop what the client still sends for a moment (closing with unread bytes
         would reset the connection, and the client could lose the response), at most
-        ``_LINGER`` seconds."""
+        ``_LINGER`` seconds and ``_LINGER_BYTES``."""
         transport = self.transport
         self.server.connections.discard(self)
         if self.reading_paused:
             self.reading_paused = False
             transport.resume_reading()
-        if transport.can_write_eof():
-            transport.write_eof()
+        if self.eof:  # the client has already finished sending
+            transport.close()
+        elif transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:  # the client is already gone (ENOTCONN)
+                transport.abort()
+                return
             self.server.lingering.add(self)
             self.loop.call_later(_LINGER, self.abort)
         else:
@@ -522,9 +544,54 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         """The client sent FIN (asyncio asks whether to keep the transport open). While
         lingering, or with nothing to answer, that ends the connection; otherwise the
-        requests already read are answered, then ``response_done`` closes it."""
+        requests already read are answered, then ``response_done`` closes it. With a
+        data-plane call in flight, :meth:`_probe` finds out whether the client left."""
         self.eof = True
-        return not self.closing and (self.busy or bool(self.queue))
+        keep = not self.closing and (self.busy or bool(self.queue))
+        if keep and self.task is not None and not self.task.done():
+            self.loop.call_later(_PROBE_AFTER, self._probe, self.task, 0.0)
+        return keep
+
+    def _nudge(self, exchange: "_LeanExchange | None") -> None:
+        """Write something every client ignores, so that the host of a client that closed
+        its socket answers with a reset: an interim ``100 Continue`` before the head
+        (HTTP/1.1 clients skip 1xx), an SSE comment inside an event stream (the relay
+        writes whole events, so it falls between two)."""
+        if exchange is None or exchange.request.version != "1.1":
+            return
+        if not exchange.head_sent:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        for name, value in exchange._headers:
+            if name.lower() == "content-type" and value.startswith("text/event-stream"):
+                self.transport.write(b"%x\r\n%s\r\n" % (len(_PROBE), _PROBE)
+                                     if exchange._chunked else _PROBE)
+                return
+
+    def _probe(self, task: asyncio.Task, delay: float) -> None:
+        """A FIN came while ``task`` (a data-plane call) runs: a half-closed client still
+        reads its answer, a client that left does not, and its host resets the
+        connection. On a reset, drop the connection, which cancels the call, so the
+        upstream stops at once and the call is charged what it cost so far. Polled at
+        growing intervals (up to 1 s) while the call runs; a call that ends within
+        ``_PROBE_AFTER`` of the FIN is answered without any of this."""
+        if task.done() or self.closing or self.task is not task:
+            return
+        if not delay:
+            self._nudge(self.exchange)
+            self.loop.call_later(0.02, self._probe, task, 0.02)
+            return
+        sock = self.transport.get_extra_info("socket")
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            gone = any(mask & (select.POLLERR | select.POLLHUP) for _, mask in poller.poll(0))
+        except (OSError, ValueError):
+            gone = True
+        if gone:
+            self.abort()
+            return
+        self.loop.call_later(delay, self._probe, task, min(delay * 2, 1.0))
 
     def abort(self) -> None:
         """Drop the connection at once (the client sees a cut response)."""
@@ -541,6 +608,10 @@ class _Connection(asyncio.Protocol):
             await self.drain
             if self.transport.is_closing():
                 raise ClientGone()
+
+
+_PROBE = b": probe\n\n"  # an SSE comment: clients skip it
+_PROBE_AFTER = 0.25  # seconds after a FIN before a call still running is probed
 
 
 def _upgrade_refusal() -> ApiError:
@@ -636,12 +707,13 @@ class _LeanExchange(Exchange):
             return
         if not self._sent:
             self._sent = True
+            connection = (b"" if self.request.version == "1.1" else
+                          b"connection: keep-alive\r\n") if keep else b"connection: close\r\n"
             if self._status in _BODYLESS or self._status < 200:  # no body, no length
-                framing = b"\r\n" if keep else b"connection: close\r\n\r\n"
+                framing = connection + b"\r\n"
                 data = b""
             else:
-                framing = b"content-length: %d\r\n%s\r\n" % (
-                    len(data), b"" if keep else b"connection: close\r\n")
+                framing = b"content-length: %d\r\n%s\r\n" % (len(data), connection)
             conn.transport.write(_head(self._status, self._headers, framing) + data)
         elif self._chunked:
             conn.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data) if data
@@ -719,8 +791,11 @@ class _TornadoBridge(tornado.httputil.HTTPConnection):
         else:
             self._keep_alive = False
             framing = b"\r\n"
-        if not self._keep_alive and "connection" not in lowered:
-            framing = b"connection: close\r\n" + framing
+        if "connection" not in lowered:
+            if not self._keep_alive:
+                framing = b"connection: close\r\n" + framing
+            elif self.request.version != "1.1":  # HTTP/1.0 keeps a connection only if told
+                framing = b"connection: keep-alive\r\n" + framing
         pairs = [(name, value) for name, value in headers.get_all()
                  if name.lower() != "date"]
         self._send(_head(status, pairs, framing) + self._frame(chunk))

@@ -51,6 +51,9 @@ _CLAMP_FIELD = {"chat.completions": "max_completion_tokens", "completions": "max
 _PATHS = {"chat.completions": "/chat/completions", "completions": "/completions",
           "embeddings": "/embeddings", "responses": "/responses", "messages": "/v1/messages",
           "messages.count_tokens": "/v1/messages/count_tokens"}
+# The offline fake's controls (latency, errors): read by the in-process fake, never sent
+# to a provider unless an operator lists them in c.VKeysGateway.forward_headers.
+FAKE_HEADER_PREFIX = "x-vkeys-fake-"
 # Markers of the last event of a stream (held back until the call is journaled).
 _TERMINALS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
 
@@ -82,12 +85,14 @@ def refusal_error(refusal: Refusal) -> ApiError:
 
 
 def upstream_error(exc: UpstreamError) -> ApiError:
-    """The client's error for an upstream that failed before answering."""
+    """The client's error for an upstream that failed before answering: 504 for a
+    timeout, 502 for a connection that failed, a TLS failure or unusable HTTP."""
     if exc.kind == "timeout":
         return ApiError(504, "timeout", f"upstream timed out: {exc.message}",
                         event_status="timeout")
-    return ApiError(502, "upstream", f"upstream unreachable: {exc.message}",
-                    event_status="upstream_error")
+    what = {"tls": "upstream TLS failed", "protocol": "upstream answered badly"}.get(
+        exc.kind, "upstream unreachable")
+    return ApiError(502, "upstream", f"{what}: {exc.message}", event_status="upstream_error")
 
 
 def token_of(authorization: str | None, api_key: str | None, dialect: str) -> str | None:
@@ -335,9 +340,10 @@ class ProxyCall:
         gw = self.gateway
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         forward = gw.forwarded_header_names
+        to_fake = gw.is_fake(transport)
         for name, value in self.exchange.header_items():
             lname = name.lower()
-            if lname in forward:
+            if lname in forward or (to_fake and lname.startswith(FAKE_HEADER_PREFIX)):
                 headers[lname] = value
         if provider.kind == "anthropic" and "anthropic-version" not in headers:
             headers["anthropic-version"] = "2023-06-01"
@@ -352,16 +358,30 @@ class ProxyCall:
         try:
             upstream = await transport.send(request)
         except UpstreamError as exc:
-            raise upstream_error(exc) from None
+            call.request_sent = exc.sent
+            raise upstream_error(self._scrubbed(exc)) from None
+        except asyncio.CancelledError:
+            call.request_sent = True  # the client left while the upstream was working
+            raise
+        call.request_sent = True
         call.upstream_headers_at = time.time()
         try:
             await self._relay_response(call, upstream)
         finally:
-            upstream.close()
+            upstream.close()  # an unfinished answer aborts the connection: the upstream stops
+
+    def _scrubbed(self, exc: UpstreamError) -> UpstreamError:
+        """``exc`` with provider keys removed from its message (a parser's message may
+        quote what the upstream sent). Called on error paths only."""
+        scrubber = self.gateway.scrubber
+        if scrubber:
+            exc.message = scrubber.text(exc.message)
+        return exc
 
     def _response_headers(self, call: Call, upstream_headers: Iterable[tuple[str, str]]
                           ) -> list[tuple[str, str]]:
-        """The client's response headers: upstream's, filtered, plus the gateway's own."""
+        """The client's response headers: upstream's, filtered and scrubbed of provider
+        keys (see :mod:`..providers.scrub`), plus the gateway's own."""
         out = {"content-type": "application/json"}
         for name, value in upstream_headers:
             lname = name.lower()
@@ -371,7 +391,8 @@ class ProxyCall:
         out["x-vkeys-key-id"] = call.record.id
         for name, value in self._ticket.headers.items():
             out[name.lower()] = value
-        return list(out.items())
+        scrubber = self.gateway.scrubber
+        return scrubber.headers(list(out.items())) if scrubber else list(out.items())
 
     async def _relay_response(self, call: Call, upstream) -> None:
         exchange = self.exchange
@@ -379,17 +400,28 @@ class ProxyCall:
         status = upstream.status
         exchange.start(status, self._response_headers(call, upstream.headers.items()))
         if not (call.stream and status == 200):
-            parts = []
+            limit = self.gateway.max_response_bytes
+            parts, size = [], 0
             try:
                 async for chunk in upstream.chunks():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(502, "upstream", f"the upstream's answer exceeds the "
+                                       f"gateway's limit of {limit} bytes (max_response_bytes)",
+                                       event_status="upstream_error")
                     parts.append(chunk)
             except UpstreamError as exc:
-                raise upstream_error(exc) from None
+                raise upstream_error(self._scrubbed(exc)) from None
             data = b"".join(parts)
             call.first_byte = time.time()
             if status < 300:
                 meter.read_body(data)
+                if meter.usage is None and data and not _is_json(data):
+                    raise ApiError(502, "upstream", f"upstream answered badly: its {status} "
+                                   "answer is not valid JSON", event_status="upstream_error")
             else:
+                if self.gateway.scrubber:
+                    data = self.gateway.scrubber.data(data)
                 call.status, call.http_status = "upstream_error", status
                 call.error_type, call.error_message = "upstream_status", data[:500].decode(
                     "utf-8", "replace")
@@ -438,17 +470,36 @@ class ProxyCall:
         except UpstreamError as exc:
             # Headers are out: the client sees the stream end early, the warehouse sees why.
             call.status = "timeout" if exc.kind == "timeout" else "upstream_error"
-            call.error_type, call.error_message = exc.kind, exc.message
+            call.error_type, call.error_message = exc.kind, self._scrubbed(exc).message
             self._conclude()
             exchange.abort()
 
     def _settle(self, call: Call) -> None:
-        """Replace the hold with what the call actually cost; never raises."""
+        """Replace the hold with what the call actually cost; never raises.
+
+        A call whose request may have reached the upstream is charged what the
+        provider may bill even when no usage arrived: a client that left (before the
+        headers or mid-stream), a read timeout, a cut stream, or a complete answer
+        without usage. Then the input is estimated from the request size and the
+        output from the content events relayed (streams) or the answer's size, capped
+        by the worst case held at admission, and the event is flagged
+        ``usage_estimated``. An upstream's own error answer (4xx/5xx) costs nothing."""
         meter, rates = self._meter, self._rates
         usage = meter.usage if meter is not None else None
-        if usage is None and meter is not None and (meter.deltas or call.first_byte):
-            # Cut off before the upstream reported usage: charge what it produced.
-            usage = Usage(input_uncached=call.request_bytes // 4, output=meter.deltas)
+        billable = (meter is not None and call.request_sent
+                    and call.error_type != "upstream_status")
+        complete = call.status == "ok"
+        if billable and (usage is None or not complete):
+            known = usage or Usage()
+            if call.stream:
+                output = max(known.output, meter.deltas)
+            else:
+                output = known.output or (call.response_bytes // 4 if complete else 0)
+            usage = Usage(input_uncached=known.input_uncached if known.input_total
+                          else call.request_bytes // 4, cache_read=known.cache_read,
+                          cache_write_5m=known.cache_write_5m,
+                          cache_write_1h=known.cache_write_1h, output=output,
+                          reasoning=known.reasoning)
             call.usage_estimated = True
         if meter is not None:
             call.response_model = meter.response_model
@@ -456,6 +507,10 @@ class ProxyCall:
         call.usage = usage
         if usage is not None and rates is not None:
             cost = rates.cost(usage)
+            hold = self._ticket.hold
+            if call.usage_estimated and hold and cost.pico > hold:
+                cost = Cost(hold, {k: v * hold // cost.pico for k, v in cost.breakdown.items()},
+                            cost.price_version, cost.status)
         elif usage is not None:
             cost = Cost(0, {}, "", "unpriced")
         else:
@@ -466,6 +521,15 @@ class ProxyCall:
         if crossed:
             call.budget_warnings.extend(crossed)
             log.info("budget warning: %s", "; ".join(crossed))
+
+
+def _is_json(data: bytes) -> bool:
+    """Whether ``data`` parses as JSON (asked only of 2xx answers that carried no usage)."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _too_deep() -> ApiError:

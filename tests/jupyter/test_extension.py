@@ -223,8 +223,13 @@ def test_quickstart_notebook_runs_with_nbclient(started, jp_root_dir, jp_asyncio
     text = "".join(o.get("text", "") for o in outputs)
     assert "output tokens: 8" in text and "output tokens: 6" in text and "vk-" in text
     # me() and %vkeys render as HTML (money kept away from MathJax) and as text.
-    rich = [o["data"] for o in outputs if "text/html" in o.get("data", {})]
+    html = [o["data"] for o in outputs if "text/html" in o.get("data", {})]
+    rich = [d for d in html if "vkeys-report" in d["text/html"]]
     assert len(rich) == 2, outputs
+    # the two cells that called a model end with their cost line; the dry run reports
+    lines = [d["text/plain"] for d in html if "vkeys-cell-cost" in d["text/html"]]
+    assert len(lines) == 2 and all(t.startswith("vkeys · 1 call") for t in lines), lines
+    assert any("vkeys-dry-run" in d["text/html"] and "gpt-4o" in d["text/plain"] for d in html)
     for data in rich:
         assert "project:reporting" in data["text/plain"] and "reports/quickstart" in \
             data["text/plain"]

@@ -514,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--json", action="store_true")
     sql.set_defaults(func=cmd_sql)
+
+    from .analytics.cli import register as register_analytics
+    register_analytics(sub)  # anomalies, export-focus, simulate
     return parser
 
 

@@ -219,6 +219,33 @@ class VKeysGateway(LoggingConfigurable):
         "Most client connections the lean HTTP front keeps open; one more is answered 503 "
         "(retry-after: 1) and closed.")).tag(config=True)
 
+    # -- telemetry (jupyter_vkeys.telemetry; read once, when the gateway is created) -----
+    metrics = Bool(True, help=(
+        "Serve Prometheus metrics at {prefix}/metrics (calls, tokens, cost, refusals, "
+        "latency histograms, budgets, pools, journal backlog).")).tag(config=True)
+    metrics_public = Bool(False, help=(
+        "Inside a Jupyter server, serve {prefix}/metrics without authentication (default: "
+        "only to gateway admins). The standalone server's /metrics is always public; the "
+        "kernels' loopback front never serves it.")).tag(config=True)
+    metrics_per_key = Bool(False, help=(
+        "Add per-virtual-key series (vkeys_key_calls_total, vkeys_key_cost_usd_total, key: "
+        "budgets). Off by default: per-kernel keys would multiply the series count.")).tag(
+        config=True)
+    access_log = Bool(True, help=(
+        "Write one access line per request to the 'jupyter_vkeys.access' logger (both "
+        "fronts; never a query string, a secret or prompt content).")).tag(config=True)
+    access_log_format = Enum(["text", "json"], "text", help=(
+        "Format of the access log: text, or JSON lines (time, method, path, status, "
+        "duration_ms, bytes, key_id, model, request_id).")).tag(config=True)
+    tracing = Bool(False, help=(
+        "Emit one OpenTelemetry span per call (needs the extra: pip install "
+        "'jupyter-vkeys[otel]'; the SDK and exporter are configured through OTEL_* "
+        "environment variables). The caller's traceparent is continued.")).tag(config=True)
+    ready_writer_grace = Float(2.0, help=(
+        "Seconds a restarted warehouse writer must stay up before {prefix}/api/ready "
+        "counts it alive again (a crash-looping writer keeps the gateway unready).")).tag(
+        config=True)
+
     def __init__(self, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.clock = clock
@@ -237,6 +264,9 @@ class VKeysGateway(LoggingConfigurable):
         self.output_history = OutputHistory()
         self.lock: DataDirLock | None = None
         self.control = ControlPlane(self)
+        from ..telemetry import Telemetry  # telemetry hook: metrics, access log, readiness
+
+        self.telemetry = Telemetry(self)
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -281,6 +311,7 @@ class VKeysGateway(LoggingConfigurable):
         if self.warehouse:
             self._open_warehouse()
         self.started_at = time.time()
+        self.telemetry.start()  # telemetry hook
 
     def _open_warehouse(self) -> None:
         from ..warehouse.sink import WarehouseSink

@@ -153,6 +153,7 @@ class ProxyCall:
         """Answer the call, in every outcome: relayed, refused, cut or failed."""
         call = self.call
         call.request_bytes = len(self.exchange.body)
+        self.gateway.telemetry.started()  # telemetry hook (in-flight gauge)
         try:
             await self._handle(call)
         except ApiError as error:
@@ -211,6 +212,7 @@ class ProxyCall:
             self._cell.add(call)
         if call.status == "ok" and call.usage is not None:
             self.gateway.output_history.observe(call.request_model, call.usage.output)
+        self.gateway.telemetry.finished(call, self.exchange)  # telemetry hook; never raises
 
     # -- the path of one call ----------------------------------------------------------
     async def _handle(self, call: Call) -> None:

@@ -171,6 +171,7 @@ class ConnectProxy:
     def __init__(self) -> None:
         self.targets: list[str] = []
         self.auth: list[str] = []
+        self._tasks: set[asyncio.Task] = set()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
@@ -188,6 +189,13 @@ class ConnectProxy:
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._tasks.add(asyncio.current_task())
+        try:
+            await self._tunnel(reader, writer)
+        finally:
+            self._tasks.discard(asyncio.current_task())
+
+    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
@@ -221,6 +229,10 @@ class ConnectProxy:
     def stop(self) -> None:
         async def shutdown() -> None:
             self.server.close()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)

@@ -179,7 +179,7 @@ def test_502_unreachable_and_504_timeout(make_gateway, monkeypatch, fake_upstrea
     monkeypatch.setenv("TEST_ANTHROPIC_KEY", REAL_ANTHROPIC_KEY)
     from support import free_port
     dead = free_port()
-    gw = make_gateway(read_timeout=0.5, providers={
+    gw = make_gateway(read_timeout=0.5, forward_headers=["x-vkeys-fake-error"], providers={
         "openai": {"kind": "openai", "base_url": f"http://127.0.0.1:{dead}/v1",
                    "api_key_env": "TEST_OPENAI_KEY"},
         "anthropic": {"kind": "anthropic", "base_url": fake_upstream["anthropic"].url,

@@ -15,16 +15,25 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from statistics import median
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..keys import KeyRecord
-from ..policy import Refusal
+from ..policy import PolicyEngine, Refusal
+from ..pricing import PriceTable
 from ..providers.fake import prompt_tokens
 from ..usage import Usage
 from .request_fields import choice_count, output_cap
 
-if TYPE_CHECKING:
-    from .core import VKeysGateway
+
+class Gateway(Protocol):
+    """What an estimate reads of the running gateway (a :class:`~.core.VKeysGateway`)."""
+
+    policy: PolicyEngine
+    prices: PriceTable
+    output_history: "OutputHistory"
+
+    def route(self, model: str) -> tuple[Any, Any, Any] | None:
+        """Catalog entry, provider and transport of ``model``."""
 
 # Output length assumed for a model the warehouse has not seen answer yet (tokens).
 DEFAULT_TYPICAL_OUTPUT = 256
@@ -88,7 +97,7 @@ class Estimate:
                 "allowed": not self.verdict, "verdict": self.verdict or "allowed"}
 
 
-def estimate(gateway: "VKeysGateway", record: KeyRecord, operation: str, body: dict[str, Any],
+def estimate(gateway: Gateway, record: KeyRecord, operation: str, body: dict[str, Any],
              request_bytes: int) -> Estimate:
     """Price ``body`` as a real call of ``record`` would be priced and held. Raises a 400
     :class:`~.errors.ApiError` for fields no call could carry (bad ``max_tokens``, ``n``)."""

@@ -418,7 +418,7 @@ class ProxyCall:
             call.first_byte = time.time()
             if status < 300:
                 meter.read_body(data)
-                if meter.usage is None and status != 204 and not _is_json(data):
+                if meter.usage is None and data and not _is_json(data):
                     raise ApiError(502, "upstream", f"upstream answered badly: its {status} "
                                    "answer is not valid JSON", event_status="upstream_error")
             else:

@@ -93,7 +93,8 @@ class ReadyHandler(tornado.web.RequestHandler):
 def telemetry_handlers(prefix: str, gateway: "VKeysGateway", auth_base: type | None = None,
                        decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
     """The two routes under ``prefix``. ``auth_base``/``decorate`` are the admin API's
-    (given by the Jupyter host; the standalone server passes neither)."""
+    (given by the Jupyter host; the standalone server passes neither); ``decorate`` is
+    accepted for symmetry with the admin routes and not applied (see below)."""
     init = {"gateway": gateway}
     if auth_base is None or gateway.metrics_public:
         def get(self) -> None:  # a function of its own: the marker must not leak to others
@@ -101,7 +102,7 @@ def telemetry_handlers(prefix: str, gateway: "VKeysGateway", auth_base: type | N
         metrics = type("MetricsHandler", (_MetricsMixin, tornado.web.RequestHandler),
                        {"get": _public(get)})
     else:
-        get = decorate(_MetricsMixin.get) if decorate is not None else _MetricsMixin.get
-        metrics = type("MetricsHandler", (_MetricsMixin, auth_base),
-                       {"get": get, "needs_admin": True})
+        # Not wrapped in ``decorate``: tornado's @authenticated would redirect a scraper
+        # to the login page (a 200); admin_actor answers 403 to anyone but an admin.
+        metrics = type("MetricsHandler", (_MetricsMixin, auth_base), {"needs_admin": True})
     return [(prefix + "/metrics", metrics, init), (prefix + "/api/ready", ReadyHandler, init)]

@@ -175,10 +175,11 @@ class VKeysGateway(LoggingConfigurable):
     forward_headers = List(["anthropic-version", "anthropic-beta", "openai-beta",
                             "idempotency-key"],
                            help="Client request headers relayed upstream (all others are "
-                                "dropped; credentials are always replaced). The offline "
+                                "dropped; credentials are always replaced). No x-vkeys-* "
+                                "header is ever relayed, even if listed here: the offline "
                                 "fake's x-vkeys-fake-* controls reach the in-process fake "
-                                "only; list them here to pass them to a fake provider "
-                                "served over HTTP.").tag(config=True)
+                                "only (a fake served over HTTP reads the same controls from "
+                                "the body's metadata.vkeys_fake_* entries).").tag(config=True)
 
     warehouse = Bool(True, help="Record every call and admin action in the Parquet warehouse "
                                 "(off: events are kept in memory only).").tag(config=True)
@@ -299,7 +300,13 @@ class VKeysGateway(LoggingConfigurable):
             except PolicyError as exc:  # saved by an older version with laxer checks
                 log.error("jupyter-vkeys: ignoring the saved policy of %s: %s", scope, exc)
         self.prices = PriceTable(self.price_overrides, self.fallback_price)
-        self.forwarded_header_names = frozenset(h.lower() for h in self.forward_headers)
+        self.forwarded_header_names = frozenset(h.lower() for h in self.forward_headers
+                                                if not h.lower().startswith("x-vkeys-"))
+        if len(self.forwarded_header_names) < len({h.lower() for h in self.forward_headers}):
+            log.warning("jupyter-vkeys: x-vkeys-* headers in c.VKeysGateway.forward_headers "
+                        "are ignored: gateway-internal headers never leave the gateway (drive "
+                        "a fake provider served over HTTP with the body's metadata."
+                        "vkeys_fake_* entries)")
         self.refusal_pacer = RefusalPacer(self.rate_refusal_delay)
         self.catalog = Catalog(self.models)
         self.provider_configs = load_providers(self.providers)

@@ -52,7 +52,9 @@ _PATHS = {"chat.completions": "/chat/completions", "completions": "/completions"
           "embeddings": "/embeddings", "responses": "/responses", "messages": "/v1/messages",
           "messages.count_tokens": "/v1/messages/count_tokens"}
 # The offline fake's controls (latency, errors): read by the in-process fake, never sent
-# to a provider unless an operator lists them in c.VKeysGateway.forward_headers.
+# to a provider. No x-vkeys-* header is ever forwarded: VKeysGateway._open leaves them out
+# of forwarded_header_names whatever c.VKeysGateway.forward_headers lists (so _relay pays
+# nothing per header for it).
 FAKE_HEADER_PREFIX = "x-vkeys-fake-"
 # Markers of the last event of a stream (held back until the call is journaled).
 _TERMINALS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")

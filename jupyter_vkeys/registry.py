@@ -30,9 +30,10 @@ MAX_KEY_ID_CHARS = 64
 MAX_METADATA_DEPTH = 16
 MAX_METADATA_BYTES = 16 * 1024
 MAX_GRACE_SECONDS = 366 * 86400
-# Times are epoch seconds from 1970-01-01 to 9999-12-31T23:59:59Z: every one of them
+# Times are epoch seconds from 0001-01-01 to 9999-12-31T23:59:59Z: every one of them
 # converts to a datetime (the data plane formats expiry times in its refusals).
-MIN_TIME, MAX_TIME = 0.0, 253402300799.0
+MIN_TIME, MAX_TIME = -62135596800.0, 253402300799.0
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 
 
@@ -71,16 +72,16 @@ def iso_time(ts: float | None) -> str:
 
 def parse_time(value: Any, field: str) -> float | None:
     """Accept epoch seconds or RFC 3339 text for ``expires_at``-like fields, between
-    1970-01-01 and 9999-12-31; raises :class:`InvalidKeyRequest` naming the field."""
+    0001-01-01 and 9999-12-31; raises :class:`InvalidKeyRequest` naming the field."""
     if value is None or value == "":
         return None
-    bounds = "between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+    bounds = "between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise InvalidKeyRequest(f"{field} must be an RFC 3339 time or epoch seconds {bounds}, "
                                 f"got {_short(value)}")
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=timezone.utc)
             seconds = parsed.timestamp()
@@ -244,7 +245,8 @@ class KeyRegistry:
         """Give a key a new secret; the old one stays valid ``grace_seconds`` longer."""
         before = self._existing(key_id)
         if before.state(self.clock()) != "active":
-            raise InvalidKeyRequest(f"key {key_id} is {before.state(self.clock())}; only active keys rotate")
+            raise InvalidKeyRequest(f"key {key_id} is {before.state(self.clock())}; only active "
+                                    "keys rotate")
         grace_seconds = check_grace(grace_seconds)
         secret = new_secret()
         after = before.evolve(
@@ -291,9 +293,10 @@ class KeyRegistry:
             elif value is not None and not isinstance(value, str):
                 raise InvalidKeyRequest(f"{name} must be a string, got {_short(value)}")
             elif name == "alias":
-                if len(value or "") > MAX_ALIAS_CHARS or not (value or "").isprintable():
-                    raise InvalidKeyRequest(f"alias must be printable text of at most "
-                                            f"{MAX_ALIAS_CHARS} characters, got {_short(value)}")
+                if len(value or "") > MAX_ALIAS_CHARS or _CONTROL_RE.search(value or ""):
+                    raise InvalidKeyRequest(f"alias must be text of at most {MAX_ALIAS_CHARS} "
+                                            "characters without control characters, got "
+                                            f"{_short(value)}")
                 attrs[name] = value or ""
             else:  # parent_id
                 if len(value or "") > MAX_KEY_ID_CHARS:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .keys import KeyRecord
 from .policy.spec import EMPTY, PolicyError, check_scope, parse_policy
-from .registry import KeyNotFound, check_grace
+from .registry import MAX_KEY_ID_CHARS, KeyNotFound, check_grace, check_name
 from .store import public_view
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ LOCK_FILE = "lock"
 ADDRESS_FILE = "gateway.json"
 MAX_AUDIT_LIMIT = 10000
 MAX_SEQ = 2**63 - 1
+KEY_STATES = ("active", "revoked", "expired")
 
 
 class OperationError(Exception):
@@ -216,7 +217,7 @@ class DataDirLock:
 
 def _query_int(name: str, value: Any, low: int, high: int, default: int) -> int:
     """An integer query parameter within ``[low, high]``, or :class:`OperationError`."""
-    if value is None or value == "":
+    if value is None:
         return default
     if isinstance(value, bool):
         value = str(value)
@@ -252,6 +253,15 @@ class ControlPlane:
         ``owner``, ``team``, ``project``, ``state``, ``parent_id`` exactly."""
         now = self.gateway.clock()
         wanted = {k: v for k, v in (filters or {}).items() if v is not None}
+        for name, value in wanted.items():
+            if name == "state" and value not in KEY_STATES:
+                raise OperationError(400, f"state must be one of {', '.join(KEY_STATES)}, "
+                                          f"got {value[:40]!r}")
+            if name in ("owner", "team", "project") and value:
+                check_name(name, value)
+            if name == "parent_id" and len(value) > MAX_KEY_ID_CHARS:
+                raise OperationError(400, f"parent_id must be a key id of at most "
+                                          f"{MAX_KEY_ID_CHARS} characters")
         rows = []
         for record in self.gateway.registry.records.values():
             view = public_view(record)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from jupyter_vkeys.policy.spec import POLICY_FIELDS, PolicyError, parse_policy
-from jupyter_vkeys.registry import KEY_FIELDS, InvalidKeyRequest, KeyRegistry
+from jupyter_vkeys.registry import KEY_FIELDS, InvalidKeyRequest, KeyRegistry, iso_time
 from jupyter_vkeys.store import Store
 
 SETTINGS = settings(max_examples=300, deadline=None,
@@ -121,6 +121,7 @@ def test_key_fields_raise_only_invalid_request_and_refusals_write_nothing(regist
         if name:
             check_scope(f"{kind}:{name}")
     orjson.dumps(public_view(record))
-    assert record.expires_at is None or 0 <= record.expires_at <= 253402300799
+    assert record.expires_at is None or -62135596800 <= record.expires_at <= 253402300799
+    iso_time(record.expires_at)  # what a refusal of this key says
     loaded = {r.id: r for r in registry.store.load_keys()}[record.id]
     assert loaded == record

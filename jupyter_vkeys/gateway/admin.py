@@ -63,6 +63,7 @@ class AdminMixin:
     """JSON plumbing shared by the admin handlers (mixed before an auth base class)."""
 
     gateway: VKeysGateway
+    query_params: tuple[str, ...] = ()  # the query parameters the route takes
 
     def set_default_headers(self) -> None:
         self.set_header("content-type", "application/json")
@@ -107,6 +108,11 @@ class AdminMixin:
             if self.gateway.registry is None:
                 raise AdminError(503, "the gateway is starting; retry in a moment",
                                  "unavailable")
+            unknown = sorted(set(self.request.query_arguments) - set(self.query_params))
+            if unknown:
+                allowed = ", ".join(self.query_params) or "none"
+                raise AdminError(400, f"unknown query parameters {unknown[:5]!r}; this "
+                                      f"route takes: {allowed}")
             action(actor)
         except AdminError as exc:
             self.fail(exc.status, exc.message, exc.kind)
@@ -122,6 +128,8 @@ class AdminMixin:
 
 class KeysMixin(AdminMixin):
     """``GET /keys`` (filters: owner, team, project, state, parent_id) and ``POST /keys``."""
+
+    query_params = ("owner", "team", "project", "state", "parent_id")
 
     def get(self) -> None:
         def action(actor: str) -> None:
@@ -185,6 +193,8 @@ class PolicyMixin(AdminMixin):
 
 class AuditMixin(AdminMixin):
     """``GET /audit?since=<seq>&limit=<n>``: admin actions, oldest first."""
+
+    query_params = ("since", "limit")
 
     def get(self) -> None:
         self.run(lambda actor: self.reply(self.control.audit(

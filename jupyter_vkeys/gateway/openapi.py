@@ -57,7 +57,7 @@ MODEL_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS,
 TIME = {"oneOf": [{"type": "number", "minimum": MIN_TIME, "maximum": MAX_TIME},
                   {"type": "string", "format": "date-time"}],
         "nullable": True,
-        "description": "Epoch seconds or RFC 3339 text, 1970-01-01 to 9999-12-31; null or "
+        "description": "Epoch seconds or RFC 3339 text, 0001-01-01 to 9999-12-31; null or "
                        "empty: never expires."}
 
 POLICY_PROPERTIES: dict[str, Any] = {
@@ -80,6 +80,16 @@ BUDGET_LIMIT = {
                        "maximum": 1, "description": "Warn when this fraction is spent."}),
 }
 
+KEY_PROPERTIES: dict[str, Any] = {
+    "alias": _nullable({"type": "string", "maxLength": MAX_ALIAS_CHARS,
+                        "pattern": "^[^\\x00-\\x1f\\x7f]*$"}),
+    "owner": _nullable(NAME), "team": _nullable(NAME), "project": _nullable(NAME),
+    "expires_at": TIME,
+    "metadata": _nullable({"type": "object", "description": (
+        f"Free JSON object, at most {MAX_METADATA_DEPTH} levels deep and "
+        f"{MAX_METADATA_BYTES} bytes.")}),
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error"],
@@ -96,23 +106,24 @@ SCHEMAS: dict[str, Any] = {
     "KeyCreate": {
         "type": "object", "additionalProperties": False,
         "properties": {
-            "alias": _nullable({"type": "string", "maxLength": MAX_ALIAS_CHARS}),
-            "owner": _nullable(NAME), "team": _nullable(NAME), "project": _nullable(NAME),
+            **KEY_PROPERTIES,
             "parent_id": _nullable({"type": "string", "maxLength": MAX_KEY_ID_CHARS,
-                                    "description": "Parent key id (create only): the "
-                                                   "child spends against its budgets."}),
-            "expires_at": TIME,
-            "metadata": _nullable({"type": "object", "description": (
-                f"Free JSON object, at most {MAX_METADATA_DEPTH} levels deep and "
-                f"{MAX_METADATA_BYTES} bytes.")}),
+                                    "description": "Parent key id: the child spends "
+                                                   "against its budgets."}),
             **POLICY_PROPERTIES}},
+    "KeyPatch": {
+        "type": "object", "additionalProperties": False,
+        "description": "Key and policy fields to change (parent_id cannot change).",
+        "properties": {**KEY_PROPERTIES, **POLICY_PROPERTIES}},
     "BudgetReport": {
         "type": "object", "required": ["usd", "period", "resets_at"],
         "properties": {**BUDGET_LIMIT,
                        "spent_usd": {"type": "number"}, "held_usd": {"type": "number"},
                        "remaining_usd": {"type": "number"},
                        "window_start": _nullable({"type": "string"}),
-                       "resets_at": {"type": "string"}, "warned": {"type": "boolean"}}},
+                       "resets_at": _nullable({"type": "string", "description":
+                                               "null for a total budget (never resets)"}),
+                       "warned": {"type": "boolean"}}},
     "ScopeReport": {
         "type": "object", "required": ["scope", "policy", "budgets"],
         "properties": {
@@ -191,9 +202,12 @@ def _admin(operation: dict[str, Any], *, not_found: bool = False,
 
 def openapi_document(api_url: str = "/vkeys/api") -> dict[str, Any]:
     """The OpenAPI 3.0.3 document of the admin API below ``api_url`` (``{prefix}/api``)."""
-    key_filters = [{"name": name, "in": "query", "required": False,
-                    "schema": {"type": "string"}}
-                   for name in ("owner", "team", "project", "state", "parent_id")]
+    key_filters = [{"name": name, "in": "query", "required": False, "schema": NAME}
+                   for name in ("owner", "team", "project")]
+    key_filters += [{"name": "state", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["active", "revoked", "expired"]}},
+                    {"name": "parent_id", "in": "query", "required": False,
+                     "schema": {"type": "string", "maxLength": MAX_KEY_ID_CHARS}}]
     paths: dict[str, Any] = {
         "/health": {"get": {"summary": "Liveness and which providers are real or fake",
                             "security": [], "responses": {"200": _ok(_ref("Health"))}}},
@@ -203,6 +217,8 @@ def openapi_document(api_url: str = "/vkeys/api") -> dict[str, Any]:
             "summary": "The calling virtual key: its record and its own scopes' limits",
             "security": [{"virtualKey": []}],
             "responses": {"200": _ok(_ref("KeyReport")),
+                          "400": _error("A header the server cannot take (for example "
+                                        "'Authorization: Bearer ' with nothing after it)."),
                           "401": _error("No, malformed, unknown, revoked or expired key.")}}},
         "/cells": {"post": {
             "summary": "A kernel's cell starts (its key's calls belong to it) or ends (its "
@@ -245,7 +261,7 @@ def openapi_document(api_url: str = "/vkeys/api") -> dict[str, Any]:
             "get": _admin({"summary": "A key with its limits and spend",
                            "responses": {"200": _ok(_ref("KeyReport"))}}, not_found=True),
             "patch": _admin({"summary": "Change key and policy fields (null removes a limit)",
-                             "requestBody": _json_body(_ref("KeyCreate"), required=False),
+                             "requestBody": _json_body(_ref("KeyPatch"), required=False),
                              "responses": {"200": _ok(_ref("KeyReport"))}}, not_found=True)},
         "/keys/{id}/revoke": {
             "parameters": [KEY_ID],

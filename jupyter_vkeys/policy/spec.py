@@ -33,6 +33,7 @@ MAX_BUDGET_USD = Decimal(10**9)
 MAX_MODELS = 256
 MAX_ALIASES = 256
 MAX_NAME_CHARS = 256  # a model name, glob or alias
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 LIMITS = {"rpm": MAX_RPM, "tpm": MAX_TPM, "max_concurrency": MAX_CONCURRENCY}
 
 
@@ -120,7 +121,7 @@ def _name(field: str, value: Any) -> str:
     if len(value) > MAX_NAME_CHARS:
         raise PolicyError(f"{field} is {len(value)} characters long; at most "
                           f"{MAX_NAME_CHARS} allowed")
-    if not value.isprintable():
+    if _CONTROL_RE.search(value):
         raise PolicyError(f"{field} contains control characters: {_short(value)}")
     return value
 
@@ -184,7 +185,8 @@ def parse_policy(data: Mapping[str, Any] | None, *, base: Policy | None = None) 
             raise PolicyError(f"models lists {len(models)} entries; at most {MAX_MODELS} "
                               "allowed (use globs such as \"claude-*\")")
         models = tuple(_name(f"models[{i}]", m) for i, m in enumerate(models))
-    aliases = current.get("aliases") or {}
+    aliases = current.get("aliases")
+    aliases = {} if aliases is None else aliases
     if not isinstance(aliases, Mapping):
         raise PolicyError('aliases must map names to models, e.g. {"cheap": "gpt-4o-mini"}, '
                           f"got {_short(aliases)}")
@@ -193,7 +195,8 @@ def parse_policy(data: Mapping[str, Any] | None, *, base: Policy | None = None) 
     for alias, target in aliases.items():
         _name("aliases key", alias)
         _name(f"aliases[{alias!r}]", target)
-    budgets_in = current.get("budgets") or []
+    budgets_in = current.get("budgets")
+    budgets_in = [] if budgets_in is None else budgets_in
     if not isinstance(budgets_in, (list, tuple)):
         raise PolicyError("budgets must be a list of {usd, period, soft} objects, "
                           f"got {_short(budgets_in)}")
@@ -204,9 +207,11 @@ def parse_policy(data: Mapping[str, Any] | None, *, base: Policy | None = None) 
     periods = [b.period for b in budgets]
     if len(set(periods)) != len(periods):
         raise PolicyError("at most one budget per period on one key or scope")
-    return Policy(models=models, aliases=dict(aliases), rpm=_positive_int("rpm", current.get("rpm")),
+    return Policy(models=models, aliases=dict(aliases),
+                  rpm=_positive_int("rpm", current.get("rpm")),
                   tpm=_positive_int("tpm", current.get("tpm")),
-                  max_concurrency=_positive_int("max_concurrency", current.get("max_concurrency")),
+                  max_concurrency=_positive_int("max_concurrency",
+                                                current.get("max_concurrency")),
                   budgets=budgets)
 
 

@@ -206,6 +206,7 @@ def test_access_log_one_line_per_request_both_kinds_no_secrets(make_gateway, cap
     line each, JSON when asked, no query string, no virtual or admin secret."""
     gw = make_gateway(fake_mode="always", access_log_format="json", max_body_bytes=1000)
     key, record = gw.create_key()
+    time.sleep(0.2)  # the admin call's own line is written once its response is out
     with caplog.at_level(logging.INFO, logger="jupyter_vkeys.access"):
         openai_client(gw, key).chat.completions.create(**CHAT)
         assert get(gw.url + "/api/health?token=SECRET-IN-QUERY")[0] == 200
@@ -234,3 +235,22 @@ def test_access_log_one_line_per_request_both_kinds_no_secrets(make_gateway, cap
     assert "SECRET" not in text and "?" not in text
     assert key not in text and gw.admin_token not in text
     assert "hello there" not in text  # no prompt content
+
+
+def test_access_log_to_a_file_bypasses_logging(make_gateway, tmp_path, caplog):
+    path = tmp_path / "access.log"
+    gw = make_gateway(fake_mode="always", access_log_file=str(path))
+    key, record = gw.create_key()
+    time.sleep(0.2)
+    path.write_text("")  # (the admin call's line)
+    with caplog.at_level(logging.INFO, logger="jupyter_vkeys.access"):
+        for _ in range(3):
+            openai_client(gw, key).chat.completions.create(**CHAT)
+        assert get(gw.url + "/api/health?token=SECRET")[0] == 200
+        time.sleep(0.2)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4, lines
+    assert all(f"key={record['id']}" in line for line in lines[:3])
+    assert "/vkeys/api/health 200" in lines[3] and "SECRET" not in path.read_text()
+    assert not [r for r in caplog.records if r.name == "jupyter_vkeys.access"]
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

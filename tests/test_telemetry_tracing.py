@@ -4,6 +4,8 @@ span with the GenAI attributes, cost, user, team and key id, continuing the call
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytest.importorskip("opentelemetry.sdk")
@@ -20,10 +22,16 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 
 
-def gateway_spans(exporter) -> list:
-    """The gateway's spans (an SDK client may record its own in the same process)."""
-    return [s for s in exporter.get_finished_spans()
-            if s.instrumentation_scope.name == "jupyter_vkeys"]
+def gateway_spans(exporter, expect: int = 0) -> list:
+    """The gateway's spans (an SDK client may record its own in the same process), once
+    ``expect`` of them are there (the gateway records them just after the response)."""
+    deadline = time.monotonic() + 5
+    while True:
+        spans = [s for s in exporter.get_finished_spans()
+                 if s.instrumentation_scope.name == "jupyter_vkeys"]
+        if len(spans) >= expect or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +56,7 @@ def test_one_span_per_call_with_genai_attributes(make_gateway, exporter, front):
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
     anthropic_client(gw, key).messages.create(model="claude-haiku-4-5", max_tokens=16,
                                               messages=[{"role": "user", "content": "hi"}])
-    spans = gateway_spans(exporter)
+    spans = gateway_spans(exporter, 2)
     assert len(spans) == 2, [(s.name, dict(s.attributes)) for s in spans]
     chat, messages = spans
     a = chat.attributes
@@ -84,4 +92,5 @@ def test_no_spans_when_tracing_is_off(make_gateway, exporter):
     key, _ = gw.create_key()
     openai_client(gw, key).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+    time.sleep(0.2)
     assert gateway_spans(exporter) == []

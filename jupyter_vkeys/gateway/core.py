@@ -238,6 +238,10 @@ class VKeysGateway(LoggingConfigurable):
     access_log_format = Enum(["text", "json"], "text", help=(
         "Format of the access log: text, or JSON lines (time, method, path, status, "
         "duration_ms, bytes, key_id, model, request_id).")).tag(config=True)
+    access_log_file = Unicode("", help=(
+        "Where access lines go: '' (the default) as records of the 'jupyter_vkeys.access' "
+        "logger; '-' straight to stdout, or a file path (appended, mode 0600), bypassing "
+        "the logging module: cheaper on a busy gateway.")).tag(config=True)
     tracing = Bool(False, help=(
         "Emit one OpenTelemetry span per call (needs the extra: pip install "
         "'jupyter-vkeys[otel]'; the SDK and exporter are configured through OTEL_* "
@@ -395,6 +399,7 @@ class VKeysGateway(LoggingConfigurable):
     def _close_state(self) -> None:
         """Close the sink and the store, then let go of the data directory (idempotent)."""
         try:
+            self.telemetry.close()  # telemetry hook
             self.sink.close()
             if self.store is not None:
                 self.store.close()

@@ -17,6 +17,7 @@ and swallows every one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -40,10 +41,12 @@ class Telemetry:
         self.gateway = gateway
         self.metrics = None
         self.tracer = None
-        self.access = AccessLog(gateway.access_log_format, gateway.access_log)
+        self.access = AccessLog(gateway.access_log_format, gateway.access_log,
+                                gateway.access_log_file)
         self.readiness = Readiness(gateway.ready_writer_grace)
         self.in_flight = 0
         self._failed = False
+        self._pending: list[tuple["Call", "Exchange"]] = []
         if gateway.metrics:
             from .metrics import GatewayMetrics
 
@@ -62,29 +65,47 @@ class Telemetry:
         self.in_flight += 1
 
     def finished(self, call: "Call", exchange: "Exchange") -> None:
-        """Feed one finished call to the metrics, the access log and the tracer. Called
-        once per call by ``ProxyCall._conclude``, after its event was emitted. Never
-        raises: the first failure is logged with its traceback, later ones are not."""
+        """Note one finished call for the metrics, the access log and the tracer. Called
+        once per call by ``ProxyCall._conclude``, after its event was emitted and before
+        the client gets the end of the response: so the work itself is deferred to
+        :meth:`flush`, run by the loop right after (the call's latency does not include
+        it). Never raises."""
         self.in_flight -= 1
-        try:
-            metrics = self.metrics
-            if metrics is not None:
-                metrics.observe(call)
-            access = self.access
-            if access.enabled:
-                record = call.record
-                access.write(method="POST", path=_path_of(exchange), status=call.http_status,
-                             duration=(call.ended or call.started) - call.started,
-                             nbytes=call.response_bytes, key_id=record.id if record else "",
-                             model=call.request_model, request_id=call.request_id,
-                             when=call.started)
-            if self.tracer is not None:
-                self.tracer.span(call, exchange.header)
-        except Exception:
-            if not self._failed:
-                self._failed = True
-                log.exception("jupyter-vkeys: telemetry of call %s failed (logged once; the "
-                              "call itself is unaffected)", call.request_id)
+        pending = self._pending
+        pending.append((call, exchange))
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (a caller outside the server): at once
+                self.flush()
+
+    def flush(self) -> None:
+        """Feed the calls noted by :meth:`finished` to the metrics, the access log and the
+        tracer. Never raises: the first failure is logged with its traceback, later ones
+        are not."""
+        pending, self._pending = self._pending, []
+        metrics, access, tracer = self.metrics, self.access, self.tracer
+        for call, exchange in pending:
+            try:
+                if metrics is not None:
+                    metrics.observe(call)
+                if access.enabled:
+                    record = call.record
+                    access.write(method="POST", path=_path_of(exchange),
+                                 status=call.http_status,
+                                 duration=(call.ended or call.started) - call.started,
+                                 nbytes=call.response_bytes,
+                                 key_id=record.id if record else "",
+                                 model=call.request_model, request_id=call.request_id,
+                                 when=call.started)
+                if tracer is not None:
+                    tracer.span(call, exchange.header)
+            except Exception:
+                if not self._failed:
+                    self._failed = True
+                    log.exception("jupyter-vkeys: telemetry of call %s failed (logged once; "
+                                  "the call itself is unaffected)", call.request_id)
+        access.flush()
 
     def request(self, method: str, path: str, status: int, duration: float, nbytes: int,
                 request_id: str = "") -> None:
@@ -92,6 +113,12 @@ class Telemetry:
         front for its own refusals and by the standalone app's ``log_function``."""
         self.access.write(method=method, path=path, status=status, duration=duration,
                           nbytes=nbytes, request_id=request_id)
+        self.access.flush()
+
+    def close(self) -> None:
+        """Flush what is pending (gateway shutdown)."""
+        self.flush()
+        self.access.close()
 
 
 def _path_of(exchange: "Exchange") -> str:

@@ -21,8 +21,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from bisect import bisect_left
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -42,43 +45,34 @@ _TOKEN_CLASSES = ("input_uncached", "cache_read", "cache_write", "output", "reas
 
 
 class GatewayMetrics:
-    """The counters and histograms of one gateway, and its scrape-time gauges."""
+    """The counters and histograms of one gateway, and its scrape-time gauges.
+
+    Per call, :meth:`observe` only adds to plain dicts keyed by label tuples (no locks,
+    no label validation: a few microseconds); :class:`_CallCollector` turns them into
+    prometheus_client metric families when ``/metrics`` is scraped, and
+    ``generate_latest`` writes the exposition. Everything runs on the gateway's loop.
+    """
 
     def __init__(self, gateway: "VKeysGateway", *, per_key: bool = False) -> None:
         self.gateway = gateway
         self.per_key = per_key
-        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.registry = registry = CollectorRegistry(auto_describe=False)
         self._models: set[str] = set()
-        self.calls = Counter("vkeys_calls", "Data-plane calls by outcome (status is the "
-                             "warehouse's: ok, refused_budget, refused_rate, upstream_error, ...)",
-                             ["provider", "model", "operation", "status", "team"],
-                             registry=registry)
-        self.tokens = Counter("vkeys_tokens", "Tokens metered (or estimated) by class",
-                              ["provider", "model", "team", "token_class"], registry=registry)
-        self.cost = Counter("vkeys_cost_usd", "Cost charged in USD (the warehouse's cost_usd)",
-                            ["team", "project", "model"], registry=registry)
-        self.refusals = Counter("vkeys_refusals", "Calls the gateway refused, by reason",
-                                ["reason"], registry=registry)
-        self.duration = Histogram("vkeys_request_duration_seconds", "Whole call, from the "
-                                  "request read to the response's end", ["operation", "provider"],
-                                  buckets=_LATENCY, registry=registry)
-        self.ttft = Histogram("vkeys_time_to_first_token_seconds", "Time to the first byte of "
-                              "the answer relayed to the client", ["operation", "provider"],
-                              buckets=_LATENCY, registry=registry)
-        self.overhead = Histogram("vkeys_gateway_overhead_seconds", "Time the call spent in the "
-                                  "gateway rather than waiting for the upstream",
-                                  ["operation", "provider"], buckets=_OVERHEAD,
-                                  registry=registry)
-        if per_key:
-            self.key_calls = Counter("vkeys_key_calls", "Calls per virtual key (opt-in: "
-                                     "c.VKeysGateway.metrics_per_key)", ["key_id", "status"],
-                                     registry=registry)
-            self.key_cost = Counter("vkeys_key_cost_usd", "Cost in USD per virtual key (opt-in)",
-                                    ["key_id"], registry=registry)
+        # (provider, model, operation, status, team) -> calls
+        self.calls: dict[tuple, int] = {}
+        # (provider, model, team, token_class) -> tokens
+        self.tokens: dict[tuple, int] = {}
+        # (team, project, model) -> pico-USD (summed exactly, exposed in USD)
+        self.cost: dict[tuple, int] = {}
+        self.refusals: dict[str, int] = {}
+        # (operation, provider) -> [bucket counts..., +Inf count, sum]
+        self.duration: dict[tuple, list] = {}
+        self.ttft: dict[tuple, list] = {}
+        self.overhead: dict[tuple, list] = {}
+        self.key_calls: dict[tuple, int] = {}
+        self.key_cost: dict[str, int] = {}
+        registry.register(_CallCollector(self))
         registry.register(_StateCollector(self))
-        # Children are cached per label tuple: one dict lookup per call instead of
-        # prometheus_client's label validation.
-        self._children: dict[tuple, object] = {}
 
     def _model(self, call: "Call") -> str:
         """The model label: the requested model once routed (bounded), else ''."""
@@ -92,52 +86,114 @@ class GatewayMetrics:
         self._models.add(model)
         return model
 
-    def _child(self, metric, *labels: str):
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
     def observe(self, call: "Call") -> None:
-        """Count one finished call. Called by :meth:`Telemetry.finished`."""
+        """Count one finished call. Called by :meth:`Telemetry.finished` (via its flush)."""
         record = call.record
         team = record.team if record is not None else ""
         provider, operation, status = call.provider, call.operation, call.status
         model = self._model(call)
-        child = self._child
-        child(self.calls, provider, model, operation, status, team).inc()
+        key = (provider, model, operation, status, team)
+        calls = self.calls
+        calls[key] = calls.get(key, 0) + 1
         if status.startswith("refused_") or call.http_status in (400, 404, 413):
             reason = status if status.startswith("refused_") else (
                 call.error_type or "invalid_request")
-            child(self.refusals, reason).inc()
+            self.refusals[reason] = self.refusals.get(reason, 0) + 1
         usage = call.usage
         if usage is not None:
+            tokens = self.tokens
             for name, value in (("input_uncached", usage.input_uncached),
                                 ("cache_read", usage.cache_read),
                                 ("cache_write", usage.cache_write), ("output", usage.output),
                                 ("reasoning", usage.reasoning)):
                 if value:
-                    child(self.tokens, provider, model, team, name).inc(value)
+                    tkey = (provider, model, team, name)
+                    tokens[tkey] = tokens.get(tkey, 0) + value
         cost = call.cost
-        if cost is not None and cost.pico and cost.status != "unpriced":
-            child(self.cost, team, record.project if record is not None else "",
-                  model).inc(cost.pico / 1e12)
+        pico = cost.pico if cost is not None and cost.status != "unpriced" else 0
+        if pico:
+            ckey = (team, record.project if record is not None else "", model)
+            self.cost[ckey] = self.cost.get(ckey, 0) + pico
         ended = call.ended or time.time()
-        child(self.duration, operation, provider).observe(ended - call.started)
+        hkey = (operation, provider)
+        _observe(self.duration, hkey, ended - call.started, _LATENCY)
         if call.first_byte is not None:
-            child(self.ttft, operation, provider).observe(call.first_byte - call.started)
+            _observe(self.ttft, hkey, call.first_byte - call.started, _LATENCY)
         if call.upstream_started:
-            child(self.overhead, operation, provider).observe(
-                max(ended - call.started - call.upstream_wait, 0.0))
+            _observe(self.overhead, hkey, max(ended - call.started - call.upstream_wait, 0.0),
+                     _OVERHEAD)
         if self.per_key and record is not None:
-            child(self.key_calls, record.id, status).inc()
-            if cost is not None and cost.pico:
-                child(self.key_cost, record.id).inc(cost.pico / 1e12)
+            kkey = (record.id, status)
+            self.key_calls[kkey] = self.key_calls.get(kkey, 0) + 1
+            if pico:
+                self.key_cost[record.id] = self.key_cost.get(record.id, 0) + pico
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric (``GET /metrics``)."""
         return generate_latest(self.registry)
+
+
+def _observe(histogram: dict[tuple, list], key: tuple, value: float,
+             buckets: tuple[float, ...]) -> None:
+    """Add ``value`` to the histogram row of ``key`` (per-bucket counts, not cumulative)."""
+    row = histogram.get(key)
+    if row is None:
+        row = histogram[key] = [0] * (len(buckets) + 1) + [0.0]
+    row[bisect_left(buckets, value)] += 1
+    row[-1] += value
+
+
+class _CallCollector(Collector):
+    """The per-call counters and histograms, as metric families (at scrape time)."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable:
+        return []
+
+    def collect(self) -> Iterable:
+        m = self.metrics
+        yield _counter("vkeys_calls", "Data-plane calls by outcome (status is the "
+                       "warehouse's: ok, refused_budget, refused_rate, upstream_error, ...)",
+                       ["provider", "model", "operation", "status", "team"], m.calls)
+        yield _counter("vkeys_tokens", "Tokens metered (or estimated) by class",
+                       ["provider", "model", "team", "token_class"], m.tokens)
+        yield _counter("vkeys_cost_usd", "Cost charged in USD (the warehouse's cost_usd)",
+                       ["team", "project", "model"], m.cost, scale=1e-12)
+        yield _counter("vkeys_refusals", "Calls the gateway refused, by reason", ["reason"],
+                       {(k,): v for k, v in m.refusals.items()})
+        yield _histogram("vkeys_request_duration_seconds", "Whole call, from the request "
+                         "read to the response's end", m.duration, _LATENCY)
+        yield _histogram("vkeys_time_to_first_token_seconds", "Time to the first byte of the "
+                         "answer relayed to the client", m.ttft, _LATENCY)
+        yield _histogram("vkeys_gateway_overhead_seconds", "Time the call spent in the "
+                         "gateway rather than waiting for the upstream", m.overhead, _OVERHEAD)
+        if m.per_key:
+            yield _counter("vkeys_key_calls", "Calls per virtual key (opt-in: "
+                           "c.VKeysGateway.metrics_per_key)", ["key_id", "status"], m.key_calls)
+            yield _counter("vkeys_key_cost_usd", "Cost in USD per virtual key (opt-in)",
+                           ["key_id"], {(k,): v for k, v in m.key_cost.items()}, scale=1e-12)
+
+
+def _counter(name: str, doc: str, labels: list[str], values: dict[tuple, float],
+             scale: float = 1.0) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in list(values.items()):
+        family.add_metric(list(key), value * scale)
+    return family
+
+
+def _histogram(name: str, doc: str, values: dict[tuple, list],
+               buckets: tuple[float, ...]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=["operation", "provider"])
+    for key, row in list(values.items()):
+        cumulative, out = 0, []
+        for bound, count in zip((*buckets, float("inf")), row[:-1]):
+            cumulative += count
+            out.append((floatToGoString(bound), cumulative))
+        family.add_metric(list(key), out, row[-1])
+    return family
 
 
 class _StateCollector(Collector):

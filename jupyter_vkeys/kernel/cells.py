@@ -135,8 +135,9 @@ def _tokens(n: int) -> str:
 
 
 def cost_line(summary: dict[str, Any]) -> str:
-    """``vkeys · 2 calls · 1,234 tokens · $0.0012 · month budget of key:…: $18.40 left,
-    resets in 30 days``: the line shown under a cell's output."""
+    """``vkeys · 2 calls · 1,234 tokens · $0.0012 · month budget: $18.40 of $20.00 left,
+    resets in 30 days``: the line shown under a cell's output (the budget is the caller's
+    tightest window: its key's, its parent key's or its user's)."""
     calls = summary.get("calls", 0)
     parts = [f"{calls} call" + ("" if calls == 1 else "s"),
              _tokens(int(summary.get("input_tokens", 0)) + int(summary.get("output_tokens", 0))),
@@ -147,9 +148,9 @@ def cost_line(summary: dict[str, Any]) -> str:
         parts.append(f"{summary['failed']} failed")
     tight = summary.get("tightest_budget")
     if tight:
-        parts.append(f"{tight['period']} budget ({tight['scope']}): "
-                     f"{usd(float(tight['remaining_usd']))} of {usd(float(tight['cap_usd']))} "
-                     f"left, resets {resets(tight.get('resets_at'))}")
+        when = resets(tight.get("resets_at")).split(" (", 1)[0]
+        parts.append(f"{tight['period']} budget: {usd(float(tight['remaining_usd']))} of "
+                     f"{usd(float(tight['cap_usd']))} left, resets {when}")
     return "vkeys · " + " · ".join(parts)
 
 

@@ -51,6 +51,7 @@ class Telemetry:
             from .metrics import GatewayMetrics
 
             self.metrics = GatewayMetrics(gateway, per_key=gateway.metrics_per_key)
+        self.active = self.metrics is not None or self.access.enabled  # anything to feed
 
     def start(self) -> None:
         """Called by the gateway once it has started: the tracer (which may build an SDK
@@ -58,6 +59,7 @@ class Telemetry:
         from .tracing import make_tracer
 
         self.tracer = make_tracer(self.gateway.tracing)
+        self.active = self.metrics is not None or self.access.enabled or self.tracer is not None
         self.readiness.baseline(self.gateway)
 
     def started(self) -> None:
@@ -71,6 +73,8 @@ class Telemetry:
         :meth:`flush`, run by the loop right after (the call's latency does not include
         it). Never raises."""
         self.in_flight -= 1
+        if not self.active:
+            return
         pending = self._pending
         pending.append((call, exchange))
         if len(pending) == 1:

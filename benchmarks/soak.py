@@ -40,8 +40,14 @@ from pathlib import Path
 import aiohttp
 
 ADMIN_TOKEN = "soak-admin-token-0123456789"
-FAKE_HEADERS = ["anthropic-version", "anthropic-beta", "openai-beta", "x-vkeys-fake-error",
-                "x-vkeys-fake-chunk-delay-ms", "x-vkeys-fake-latency-ms"]
+FAKE_HEADERS = ["anthropic-version", "anthropic-beta", "openai-beta"]
+
+
+def fake(body: dict, **controls: str) -> dict:
+    """``body`` carrying the HTTP fake provider's controls in its metadata (relayed by the
+    gateway unchanged; no x-vkeys-* header ever leaves the gateway)."""
+    return {**body, "metadata": {f"vkeys_fake_{name}": value for name, value in
+                                 controls.items()}}
 
 
 def free_port() -> int:
@@ -106,18 +112,16 @@ class Mix:
                     {200}, False)
         if r < 0.75:
             return ("fault_500", "/openai/v1/chat/completions",
-                    {**auth, "x-vkeys-fake-error": "500"}, chat, {500}, False)
+                    auth, fake(chat, error="500"), {500}, False)
         if r < 0.80:
             return ("fault_cut", "/openai/v1/chat/completions",
-                    {**auth, "x-vkeys-fake-error": "cut:3"}, {**chat, "stream": True}, {200},
-                    False)
+                    auth, fake({**chat, "stream": True}, error="cut:3"), {200}, False)
         if r < 0.81:
             return ("fault_hang", "/openai/v1/chat/completions",
-                    {**auth, "x-vkeys-fake-error": "hang"}, chat, {504}, False)
+                    auth, fake(chat, error="hang"), {504}, False)
         if r < 0.86:
             return ("leave", "/openai/v1/chat/completions",
-                    {**auth, "x-vkeys-fake-chunk-delay-ms": "20"},
-                    {**chat, "stream": True}, {200}, True)
+                    auth, fake({**chat, "stream": True}, chunk_delay_ms="20"), {200}, True)
         if r < 0.92:
             return ("rate", "/openai/v1/chat/completions",
                     {"Authorization": f"Bearer {self.keys['rpm']}"}, chat, {200, 429}, False)

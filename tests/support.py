@@ -241,8 +241,21 @@ def build_relay_gateway(make_gateway, fake_upstream, monkeypatch, tmp_path, clie
         "anthropic": {"kind": "anthropic", "base_url": fake_upstream["anthropic"].url,
                       "api_key_file": str(secret_file)},
     }
-    # The fake provider process reads its controls from headers an operator must list.
-    forward = ["anthropic-version", "anthropic-beta", "openai-beta", "idempotency-key",
-               "x-vkeys-fake-latency-ms", "x-vkeys-fake-chunk-delay-ms", "x-vkeys-fake-error"]
+    # The fake provider process reads its controls from the body's metadata (fake_controls):
+    # no x-vkeys-* header ever leaves the gateway.
     return make_gateway(providers=providers, read_timeout=3.0, upstream_client=client,
-                        front=front, forward_headers=forward)
+                        front=front)
+
+
+def fake_controls(error: str = "", latency_ms: float | None = None,
+                  chunk_delay_ms: float | None = None) -> dict[str, Any]:
+    """``extra_body`` for an SDK call that drives a fake provider served over HTTP behind
+    the gateway (the body is relayed unchanged; x-vkeys-* headers are not)."""
+    metadata = {}
+    if error:
+        metadata["vkeys_fake_error"] = error
+    if latency_ms is not None:
+        metadata["vkeys_fake_latency_ms"] = str(latency_ms)
+    if chunk_delay_ms is not None:
+        metadata["vkeys_fake_chunk_delay_ms"] = str(chunk_delay_ms)
+    return {"metadata": metadata}

@@ -571,8 +571,8 @@ def test_unknown_and_unsupported_paths_answer_json_in_the_dialect(make_gateway, 
 def test_access_log_has_no_query_strings(gw, caplog):
     import logging
 
-    access = logging.getLogger("tornado.access")  # (a Jupyter server in the same process
-    with caplog.at_level(logging.INFO, logger=access.name):  # renames it)
+    access = logging.getLogger("jupyter_vkeys.access")  # (the gateway's access log:
+    with caplog.at_level(logging.INFO, logger=access.name):  # one line per request)
         with connect(gw) as sock:
             sock.sendall(b"GET /vkeys/api/health?token=SECRET-IN-QUERY HTTP/1.1\r\nhost: t\r\n"
                          b"\r\nGET /vkeys/openai/v1/models?x=SECRET2 HTTP/1.1\r\nhost: t\r\n\r\n")

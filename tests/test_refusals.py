@@ -10,7 +10,8 @@ import anthropic
 import openai
 import pytest
 
-from support import REAL_ANTHROPIC_KEY, REAL_OPENAI_KEY, anthropic_client, openai_client
+from support import (REAL_ANTHROPIC_KEY, REAL_OPENAI_KEY, anthropic_client, fake_controls,
+                     openai_client)
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -166,10 +167,9 @@ def test_413_oversized_body(make_gateway):
 
 def test_upstream_error_passthrough(relay_gateway):
     key, _ = relay_gateway.create_key()
-    client = openai_client(relay_gateway, key,
-                           default_headers={"x-vkeys-fake-error": "503"})
+    client = openai_client(relay_gateway, key)
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(**CHAT)
+        client.chat.completions.create(**CHAT, extra_body=fake_controls("503"))
     assert info.value.status_code == 503 and "injected fake error" in info.value.body["message"]
     assert relay_gateway.events[-1]["status"] == "upstream_error"
 
@@ -179,7 +179,7 @@ def test_502_unreachable_and_504_timeout(make_gateway, monkeypatch, fake_upstrea
     monkeypatch.setenv("TEST_ANTHROPIC_KEY", REAL_ANTHROPIC_KEY)
     from support import free_port
     dead = free_port()
-    gw = make_gateway(read_timeout=0.5, forward_headers=["x-vkeys-fake-error"], providers={
+    gw = make_gateway(read_timeout=0.5, providers={
         "openai": {"kind": "openai", "base_url": f"http://127.0.0.1:{dead}/v1",
                    "api_key_env": "TEST_OPENAI_KEY"},
         "anthropic": {"kind": "anthropic", "base_url": fake_upstream["anthropic"].url,
@@ -188,19 +188,21 @@ def test_502_unreachable_and_504_timeout(make_gateway, monkeypatch, fake_upstrea
     with pytest.raises(openai.APIStatusError) as info:
         openai_client(gw, key).chat.completions.create(**CHAT)
     assert info.value.status_code == 502 and "unreachable" in info.value.body["message"]
-    client = anthropic_client(gw, key, default_headers={"x-vkeys-fake-error": "hang"})
+    client = anthropic_client(gw, key)
     with pytest.raises(anthropic.APIStatusError) as info:
         client.messages.create(model="claude-haiku-4-5", max_tokens=2,
-                               messages=[{"role": "user", "content": "x"}])
+                               messages=[{"role": "user", "content": "x"}],
+                               extra_body=fake_controls("hang"))
     assert info.value.status_code == 504 and info.value.body["error"]["type"] == "timeout_error"
     assert gw.events[-1]["status"] == "timeout"
 
 
 def test_stream_cut_by_upstream_is_recorded_and_charged(relay_gateway):
     key, _ = relay_gateway.create_key()
-    client = openai_client(relay_gateway, key, default_headers={"x-vkeys-fake-error": "cut:4"})
+    client = openai_client(relay_gateway, key)
     with pytest.raises(Exception):
-        list(client.chat.completions.create(**CHAT, stream=True))
+        list(client.chat.completions.create(**CHAT, stream=True,
+                                            extra_body=fake_controls("cut:4")))
     event = relay_gateway.events[-1]
     assert event["status"] == "upstream_error" and event["usage_estimated"]
     assert event["output_tokens"] >= 1
@@ -251,11 +253,10 @@ def test_real_keys_never_leak(relay_gateway, caplog, fake_upstream):
     oa = openai_client(gw, key)
     raw = oa.chat.completions.with_raw_response.create(**CHAT)
     seen += [raw.text, json.dumps(dict(raw.headers))]
-    for headers in ({"x-vkeys-fake-error": "401"}, {"x-vkeys-fake-error": "500"},
-                    {"x-vkeys-fake-error": "cut:2"}):
+    for error in ("401", "500", "cut:2"):
         try:
-            list(openai_client(gw, key, default_headers=headers).chat.completions.create(
-                **CHAT, stream=True))
+            list(openai_client(gw, key).chat.completions.create(
+                **CHAT, stream=True, extra_body=fake_controls(error)))
         except openai.APIStatusError as exc:
             seen.append(exc.response.text)
             seen.append(json.dumps(dict(exc.response.headers)))

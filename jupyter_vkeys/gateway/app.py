@@ -17,6 +17,7 @@ from .admin import TokenAdminAuth, admin_handlers, key_api_handlers
 from .cell_api import cell_handlers
 from .core import VKeysGateway
 from .dataplane import ModelHandler, ModelsHandler, NotFoundHandler, ProxyHandler
+from ..telemetry.handlers import telemetry_handlers
 
 OPENAI_OPERATIONS = {"chat/completions": "chat.completions", "completions": "completions",
                      "embeddings": "embeddings", "responses": "responses"}
@@ -69,20 +70,40 @@ def gateway_handlers(gateway: VKeysGateway, *, base_url: str = "",
                      admin_decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
     """All data-plane and admin routes under ``base_url + gateway.prefix``, then the
     prefix's catch-all."""
-    return key_handlers(gateway, base_url) + admin_handlers(
-        route_prefix(gateway, base_url), gateway, admin_auth, admin_decorate) + \
-        fallback_handlers(gateway, base_url)
+    prefix = route_prefix(gateway, base_url)
+    # telemetry hook: /metrics and /api/ready (never on the kernels' loopback front)
+    telemetry = telemetry_handlers(prefix, gateway, None if admin_auth is TokenAdminAuth
+                                   else admin_auth, admin_decorate)
+    return key_handlers(gateway, base_url) + telemetry + admin_handlers(
+        prefix, gateway, admin_auth, admin_decorate) + fallback_handlers(gateway, base_url)
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """The standalone application's access log line (tornado's ``log_function``): status,
-    method, path without its query string, client address, duration."""
-    status = handler.get_status()
-    log = tornado.log.access_log.info if status < 400 else \
-        tornado.log.access_log.warning if status < 500 else tornado.log.access_log.error
+    """The standalone application's ``log_function``: the gateway's access line (see
+    :mod:`..telemetry.access_log`) of a request tornado answered. Data-plane calls are
+    logged from their finished call record instead, so each request has one line."""
+    if isinstance(handler, ProxyHandler):
+        return
     request = handler.request
-    log("%d %s %s (%s) %.2fms", status, request.method, request.path, request.remote_ip,
-        1000.0 * request.request_time())
+    gateway = getattr(handler, "gateway", None)
+    telemetry = getattr(gateway, "telemetry", None)
+    if telemetry is None:  # a handler without a gateway (tornado's own error handler)
+        status = handler.get_status()
+        log = tornado.log.access_log.info if status < 400 else \
+            tornado.log.access_log.warning if status < 500 else tornado.log.access_log.error
+        log("%d %s %s %.2fms", status, request.method, request.path,
+            1000.0 * request.request_time())
+        return
+    telemetry.request(request.method, request.path, handler.get_status(),
+                      request.request_time(), _bytes_written(handler))
+
+
+def _bytes_written(handler: tornado.web.RequestHandler) -> int:
+    """The body length tornado sent (its content-length), 0 if unknown."""
+    try:
+        return int(handler._headers.get("Content-Length", 0))
+    except (AttributeError, ValueError, TypeError):
+        return 0
 
 
 def make_app(gateway: VKeysGateway, *, admin: bool = True) -> tornado.web.Application:

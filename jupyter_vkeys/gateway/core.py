@@ -175,10 +175,11 @@ class VKeysGateway(LoggingConfigurable):
     forward_headers = List(["anthropic-version", "anthropic-beta", "openai-beta",
                             "idempotency-key"],
                            help="Client request headers relayed upstream (all others are "
-                                "dropped; credentials are always replaced). The offline "
+                                "dropped; credentials are always replaced). No x-vkeys-* "
+                                "header is ever relayed, even if listed here: the offline "
                                 "fake's x-vkeys-fake-* controls reach the in-process fake "
-                                "only; list them here to pass them to a fake provider "
-                                "served over HTTP.").tag(config=True)
+                                "only (a fake served over HTTP reads the same controls from "
+                                "the body's metadata.vkeys_fake_* entries).").tag(config=True)
 
     warehouse = Bool(True, help="Record every call and admin action in the Parquet warehouse "
                                 "(off: events are kept in memory only).").tag(config=True)
@@ -219,6 +220,37 @@ class VKeysGateway(LoggingConfigurable):
         "Most client connections the lean HTTP front keeps open; one more is answered 503 "
         "(retry-after: 1) and closed.")).tag(config=True)
 
+    # -- telemetry (jupyter_vkeys.telemetry; read once, when the gateway is created) -----
+    metrics = Bool(True, help=(
+        "Serve Prometheus metrics at {prefix}/metrics (calls, tokens, cost, refusals, "
+        "latency histograms, budgets, pools, journal backlog).")).tag(config=True)
+    metrics_public = Bool(False, help=(
+        "Inside a Jupyter server, serve {prefix}/metrics without authentication (default: "
+        "only to gateway admins). The standalone server's /metrics is always public; the "
+        "kernels' loopback front never serves it.")).tag(config=True)
+    metrics_per_key = Bool(False, help=(
+        "Add per-virtual-key series (vkeys_key_calls_total, vkeys_key_cost_usd_total, key: "
+        "budgets). Off by default: per-kernel keys would multiply the series count.")).tag(
+        config=True)
+    access_log = Bool(True, help=(
+        "Write one access line per request to the 'jupyter_vkeys.access' logger (both "
+        "fronts; never a query string, a secret or prompt content).")).tag(config=True)
+    access_log_format = Enum(["text", "json"], "text", help=(
+        "Format of the access log: text, or JSON lines (time, method, path, status, "
+        "duration_ms, bytes, key_id, model, request_id).")).tag(config=True)
+    access_log_file = Unicode("", help=(
+        "Where access lines go: '' (the default) as records of the 'jupyter_vkeys.access' "
+        "logger; '-' straight to stdout, or a file path (appended, mode 0600), bypassing "
+        "the logging module: cheaper on a busy gateway.")).tag(config=True)
+    tracing = Bool(False, help=(
+        "Emit one OpenTelemetry span per call (needs the extra: pip install "
+        "'jupyter-vkeys[otel]'; the SDK and exporter are configured through OTEL_* "
+        "environment variables). The caller's traceparent is continued.")).tag(config=True)
+    ready_writer_grace = Float(2.0, help=(
+        "Seconds a restarted warehouse writer must stay up before {prefix}/api/ready "
+        "counts it alive again (a crash-looping writer keeps the gateway unready).")).tag(
+        config=True)
+
     def __init__(self, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.clock = clock
@@ -237,6 +269,9 @@ class VKeysGateway(LoggingConfigurable):
         self.output_history = OutputHistory()
         self.lock: DataDirLock | None = None
         self.control = ControlPlane(self)
+        from ..telemetry import Telemetry  # telemetry hook: metrics, access log, readiness
+
+        self.telemetry = Telemetry(self)
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -269,7 +304,13 @@ class VKeysGateway(LoggingConfigurable):
             except PolicyError as exc:  # saved by an older version with laxer checks
                 log.error("jupyter-vkeys: ignoring the saved policy of %s: %s", scope, exc)
         self.prices = PriceTable(self.price_overrides, self.fallback_price)
-        self.forwarded_header_names = frozenset(h.lower() for h in self.forward_headers)
+        self.forwarded_header_names = frozenset(h.lower() for h in self.forward_headers
+                                                if not h.lower().startswith("x-vkeys-"))
+        if len(self.forwarded_header_names) < len({h.lower() for h in self.forward_headers}):
+            log.warning("jupyter-vkeys: x-vkeys-* headers in c.VKeysGateway.forward_headers "
+                        "are ignored: gateway-internal headers never leave the gateway (drive "
+                        "a fake provider served over HTTP with the body's metadata."
+                        "vkeys_fake_* entries)")
         self.refusal_pacer = RefusalPacer(self.rate_refusal_delay)
         self.catalog = Catalog(self.models)
         self.provider_configs = load_providers(self.providers)
@@ -281,6 +322,7 @@ class VKeysGateway(LoggingConfigurable):
         if self.warehouse:
             self._open_warehouse()
         self.started_at = time.time()
+        self.telemetry.start()  # telemetry hook
 
     def _open_warehouse(self) -> None:
         from ..warehouse.sink import WarehouseSink
@@ -357,6 +399,7 @@ class VKeysGateway(LoggingConfigurable):
     def _close_state(self) -> None:
         """Close the sink and the store, then let go of the data directory (idempotent)."""
         try:
+            self.telemetry.close()  # telemetry hook
             self.sink.close()
             if self.store is not None:
                 self.store.close()

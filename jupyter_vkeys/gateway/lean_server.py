@@ -254,6 +254,7 @@ class _Connection(asyncio.Protocol):
                                        b"content-length: %d\r\nconnection: close\r\n\r\n"
                                        % len(body)) + body)
             self._linger()
+            server.gateway.telemetry.request("-", "-", 503, 0.0, len(body))  # telemetry hook
             return
         server.connections.add(self)
 
@@ -730,7 +731,10 @@ class _LeanExchange(Exchange):
         """Answer a refusal made before any handler ran (413, malformed request)."""
         self.start(error.status, [("content-type", "application/json"),
                                   *error.headers.items()])
-        self.finish(error.body(dialect))
+        body = error.body(dialect)
+        self.finish(body)
+        self.conn.server.gateway.telemetry.request(  # telemetry hook: the access line
+            self.request.method, self.request.url, error.status, 0.0, len(body))
 
     def task_done(self, task: asyncio.Task) -> None:
         """Done callback of the call's task: a call that ended without answering (it was

@@ -52,7 +52,9 @@ _PATHS = {"chat.completions": "/chat/completions", "completions": "/completions"
           "embeddings": "/embeddings", "responses": "/responses", "messages": "/v1/messages",
           "messages.count_tokens": "/v1/messages/count_tokens"}
 # The offline fake's controls (latency, errors): read by the in-process fake, never sent
-# to a provider unless an operator lists them in c.VKeysGateway.forward_headers.
+# to a provider. No x-vkeys-* header is ever forwarded: VKeysGateway._open leaves them out
+# of forwarded_header_names whatever c.VKeysGateway.forward_headers lists (so _relay pays
+# nothing per header for it).
 FAKE_HEADER_PREFIX = "x-vkeys-fake-"
 # Markers of the last event of a stream (held back until the call is journaled).
 _TERMINALS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
@@ -153,6 +155,7 @@ class ProxyCall:
         """Answer the call, in every outcome: relayed, refused, cut or failed."""
         call = self.call
         call.request_bytes = len(self.exchange.body)
+        self.gateway.telemetry.started()  # telemetry hook (in-flight gauge)
         try:
             await self._handle(call)
         except ApiError as error:
@@ -211,6 +214,7 @@ class ProxyCall:
             self._cell.add(call)
         if call.status == "ok" and call.usage is not None:
             self.gateway.output_history.observe(call.request_model, call.usage.output)
+        self.gateway.telemetry.finished(call, self.exchange)  # telemetry hook; never raises
 
     # -- the path of one call ----------------------------------------------------------
     async def _handle(self, call: Call) -> None:

@@ -19,6 +19,13 @@ Latency and failures are injectable per request with headers:
 - ``x-vkeys-fake-error: 500`` (any status 400-599) answers that error, ``cut`` or
   ``cut:3`` breaks the connection after 3 chunks, ``hang`` never answers.
 
+Those headers reach only the in-process fake: the gateway never forwards an
+``x-vkeys-*`` header upstream. The same controls travel in the request body,
+which the gateway relays unchanged, as ``metadata`` entries
+(``{"metadata": {"vkeys_fake_error": "500", "vkeys_fake_latency_ms": "250",
+"vkeys_fake_chunk_delay_ms": "20"}}``): that is how a fake served over HTTP
+(:mod:`.fake_server`) behind the gateway is driven. A header wins over metadata.
+
 :class:`FakeTransport` serves it in process; :mod:`.fake_server` serves the
 same answers over HTTP on a real port.
 """
@@ -220,15 +227,30 @@ def _millis(value: str | None, default_ms: float) -> float:
     return min(max(ms, 0.0), 60_000.0) / 1000 if ms == ms else 0.0
 
 
+def _controls(body: dict, headers: dict[str, str]) -> dict[str, str]:
+    """The fake's test controls (``error``, ``latency_ms``, ``chunk_delay_ms``): from the
+    ``x-vkeys-fake-*`` headers, else from the body's ``metadata.vkeys_fake_*`` entries."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    out = {}
+    for name in ("error", "latency_ms", "chunk_delay_ms"):
+        value = headers.get("x-vkeys-fake-" + name.replace("_", "-"))
+        if value is None and isinstance(metadata, dict):
+            value = metadata.get("vkeys_fake_" + name)
+        if value is not None:
+            out[name] = str(value)
+    return out
+
+
 def answer(operation: str, body: dict, headers: dict[str, str], *, latency_ms: float = 0.0,
            chunk_delay_ms: float = 0.0) -> FakeAnswer:
     """Build the fake answer to one request (pure; no I/O).
 
     Called by :class:`FakeTransport` and by the fake HTTP server.
     """
-    latency = _millis(headers.get("x-vkeys-fake-latency-ms"), latency_ms)
-    chunk_delay = _millis(headers.get("x-vkeys-fake-chunk-delay-ms"), chunk_delay_ms)
-    error = headers.get("x-vkeys-fake-error", "")
+    controls = _controls(body, headers)
+    latency = _millis(controls.get("latency_ms"), latency_ms)
+    chunk_delay = _millis(controls.get("chunk_delay_ms"), chunk_delay_ms)
+    error = controls.get("error") or ""
     cut_after = None
     if error.isdigit() and 400 <= int(error) <= 599:
         return _error(operation, int(error), f"injected fake error {error}")

@@ -1,0 +1,108 @@
+"""The tornado handlers of ``GET {prefix}/metrics`` and ``GET {prefix}/api/ready``.
+
+:func:`telemetry_handlers` is called by :func:`..gateway.app.gateway_handlers`
+(both hosts; never the kernels' loopback front, which mounts only
+``key_handlers``). On the standalone server ``/metrics`` is public; inside
+Jupyter it takes the admin API's authentication (``auth_base`` and
+``decorate``) unless ``c.VKeysGateway.metrics_public`` is set. ``/api/ready``
+is public everywhere, like ``/api/health``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import orjson
+import tornado.web
+
+from .metrics import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from ..gateway.core import VKeysGateway
+
+__all__ = ["telemetry_handlers", "ReadyHandler"]
+
+
+def _public(method: Callable) -> Callable:
+    """Jupyter's ``@allow_unauthenticated`` marker (see ``dataplane.public_endpoint``)."""
+    setattr(method, "__allow_unauthenticated", True)
+    return method
+
+
+class _MetricsMixin:
+    """``GET /metrics``: the Prometheus text format of the gateway's registry."""
+
+    gateway: "VKeysGateway"
+    needs_admin = False
+
+    def initialize(self, gateway: "VKeysGateway") -> None:
+        self.gateway = gateway
+
+    def check_xsrf_cookie(self) -> None:
+        """A GET for scrapers: no XSRF."""
+
+    def get(self) -> None:
+        if self.needs_admin:
+            from ..gateway.admin import AdminError
+
+            try:
+                self.admin_actor()
+            except AdminError as exc:
+                self.set_status(exc.status)
+                self.set_header("content-type", "application/json")
+                self.finish(orjson.dumps({"error": {"message": exc.message, "type": exc.kind}}))
+                return
+        metrics = self.gateway.telemetry.metrics
+        if metrics is None:
+            self.set_status(404)
+            self.set_header("content-type", "application/json")
+            self.finish(orjson.dumps({"error": {
+                "message": "metrics are off on this gateway (c.VKeysGateway.metrics = False)",
+                "type": "not_found_error"}}))
+            return
+        self.set_header("content-type", CONTENT_TYPE)
+        self.set_header("cache-control", "no-store")
+        self.finish(metrics.exposition())
+
+
+class ReadyHandler(tornado.web.RequestHandler):
+    """``GET /api/ready``: 200 while ready, else 503 naming each failing part."""
+
+    def initialize(self, gateway: "VKeysGateway") -> None:
+        self.gateway = gateway
+
+    def check_xsrf_cookie(self) -> None:
+        """A probe: no XSRF."""
+
+    @_public
+    def get(self) -> None:
+        failing = self.gateway.telemetry.readiness.check(self.gateway)
+        self.set_header("content-type", "application/json")
+        self.set_header("cache-control", "no-store")
+        if failing:
+            self.set_status(503)
+            self.set_header("retry-after", "1")
+            self.finish(orjson.dumps({"status": "unavailable", "failing": failing,
+                                      "error": {"message": "not ready: " + "; ".join(
+                                          f"{part}: {why}" for part, why in failing.items()),
+                                          "type": "unavailable"}}))
+            return
+        self.finish(orjson.dumps({"status": "ready"}))
+
+
+def telemetry_handlers(prefix: str, gateway: "VKeysGateway", auth_base: type | None = None,
+                       decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
+    """The two routes under ``prefix``. ``auth_base``/``decorate`` are the admin API's
+    (given by the Jupyter host; the standalone server passes neither); ``decorate`` is
+    accepted for symmetry with the admin routes and not applied (see below)."""
+    init = {"gateway": gateway}
+    if auth_base is None or gateway.metrics_public:
+        def get(self) -> None:  # a function of its own: the marker must not leak to others
+            _MetricsMixin.get(self)
+        metrics = type("MetricsHandler", (_MetricsMixin, tornado.web.RequestHandler),
+                       {"get": _public(get)})
+    else:
+        # Not wrapped in ``decorate``: tornado's @authenticated would redirect a scraper
+        # to the login page (a 200); admin_actor answers 403 to anyone but an admin.
+        metrics = type("MetricsHandler", (_MetricsMixin, auth_base), {"needs_admin": True})
+    return [(prefix + "/metrics", metrics, init), (prefix + "/api/ready", ReadyHandler, init)]

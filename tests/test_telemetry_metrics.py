@@ -254,3 +254,11 @@ def test_access_log_to_a_file_bypasses_logging(make_gateway, tmp_path, caplog):
     assert "/vkeys/api/health 200" in lines[3] and "SECRET" not in path.read_text()
     assert not [r for r in caplog.records if r.name == "jupyter_vkeys.access"]
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_upstream_pool_gauge(relay_gateway):
+    """After a relayed call its keep-alive connection waits in the pool (lean or aiohttp)."""
+    key, _ = relay_gateway.create_key()
+    openai_client(relay_gateway, key).chat.completions.create(**CHAT)
+    samples = scrape(relay_gateway)
+    assert samples[("vkeys_upstream_pool_connections", (("provider", "openai"),))] >= 1

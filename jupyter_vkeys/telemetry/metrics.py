@@ -248,9 +248,15 @@ class _StateCollector(Collector):
         pool = GaugeMetricFamily("vkeys_upstream_pool_connections", "Idle keep-alive "
                                  "connections pooled per provider", labels=["provider"])
         for name, transport in gw.transports.items():
-            idle = getattr(transport, "_idle", None)
+            idle = getattr(transport, "_idle", None)  # the lean client's pool
+            if idle is None:  # aiohttp's: its connector's idle connections, if it has any
+                session = getattr(transport, "_session", None)
+                idle = getattr(getattr(session, "connector", None), "_conns", None)
             if isinstance(idle, dict):
-                pool.add_metric([name], sum(len(conns) for conns in idle.values()))
+                try:
+                    pool.add_metric([name], sum(len(conns) for conns in list(idle.values())))
+                except TypeError:  # a shape this version does not know
+                    pass
         return pool
 
     def _journal(self, gw: "VKeysGateway") -> Iterable[GaugeMetricFamily]:

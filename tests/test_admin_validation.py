@@ -204,3 +204,13 @@ def test_legacy_rows_do_not_break_reads(gateway):
     assert gateway.admin("GET", f"/keys/{record['id']}")[0] == 200
     assert me(gateway, token)[0] == 200
     assert gateway.admin("POST", f"/keys/{record['id']}/revoke")[0] == 200
+
+
+@pytest.mark.parametrize("query,word", [("project=%14x", "project"), ("owner=a%20b", "owner"),
+                                        ("state=gone", "state"), ("team=%FF", "UTF-8"),
+                                        ("colour=blue", "unknown query")])
+def test_key_filters_are_validated_as_sent(gateway, query, word):
+    """tornado's get_argument turns control characters into spaces and strips them; the
+    filters are validated as the client sent them."""
+    status, reply = gateway.admin("GET", f"/keys?{query}")
+    assert status == 400 and word in reply["error"]["message"], reply

@@ -7,12 +7,10 @@ Against a real gateway on a real port (lean front), driven over HTTP.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 
 import pytest
 
-from support import openai_client
+from support import key_call, openai_client
 
 
 def state(gw) -> dict:
@@ -57,13 +55,7 @@ def chat(gw, key: str):
 
 
 def me(gw, key: str) -> tuple[int, dict]:
-    request = urllib.request.Request(gw.url + "/api/me",
-                                     headers={"Authorization": f"Bearer {key}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return key_call(gw, "GET", "/api/me", key)
 
 
 # -- item 9: validation after commit ------------------------------------------------------

@@ -25,7 +25,6 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 from pathlib import Path
 

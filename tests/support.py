@@ -259,3 +259,17 @@ def fake_controls(error: str = "", latency_ms: float | None = None,
     if chunk_delay_ms is not None:
         metadata["vkeys_fake_chunk_delay_ms"] = str(chunk_delay_ms)
     return {"metadata": metadata}
+
+
+def key_call(gw, method: str, path: str, key: str, body: Any = None) -> tuple[int, Any]:
+    """``method`` on ``gw.url + path`` with a virtual key (as Bearer and x-api-key, so both
+    dialects read it); ``body`` a dict (sent as JSON) or raw bytes. Returns (status, JSON)."""
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    request = urllib.request.Request(gw.url + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {key}", "x-api-key": key,
+                                              "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

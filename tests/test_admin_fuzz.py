@@ -29,6 +29,9 @@ EXAMPLES = int(os.environ.get("VKEYS_FUZZ_EXAMPLES", "15"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           negative_data_rejection,
           response_schema_conformance]
+# Query strings: a value of the wrong type often serializes to a valid one (null -> "",
+# an integer sent as text), so "schema-violating data is refused" is not checked there.
+QUERY_CHECKS = [check for check in CHECKS if check is not negative_data_rejection]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,7 @@ def test_admin_api_conforms_and_refusals_change_nothing(served, path, method, mo
     def run(case) -> None:
         before = snapshot(served) if mutating else None
         response = case.call(headers=headers, timeout=10)
-        case.validate_response(response, checks=CHECKS)
+        case.validate_response(response, checks=CHECKS if mutating else QUERY_CHECKS)
         if mutating and 400 <= response.status_code < 500:
             assert snapshot(served) == before, (method, path, response.text)
 

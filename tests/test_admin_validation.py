@@ -7,12 +7,10 @@ Against a real gateway on a real port (lean front), driven over HTTP.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 
 import pytest
 
-from support import openai_client
+from support import key_call, openai_client
 
 
 def state(gw) -> dict:
@@ -57,13 +55,7 @@ def chat(gw, key: str):
 
 
 def me(gw, key: str) -> tuple[int, dict]:
-    request = urllib.request.Request(gw.url + "/api/me",
-                                     headers={"Authorization": f"Bearer {key}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return key_call(gw, "GET", "/api/me", key)
 
 
 # -- item 9: validation after commit ------------------------------------------------------
@@ -204,3 +196,13 @@ def test_legacy_rows_do_not_break_reads(gateway):
     assert gateway.admin("GET", f"/keys/{record['id']}")[0] == 200
     assert me(gateway, token)[0] == 200
     assert gateway.admin("POST", f"/keys/{record['id']}/revoke")[0] == 200
+
+
+@pytest.mark.parametrize("query,word", [("project=%14x", "project"), ("owner=a%20b", "owner"),
+                                        ("state=gone", "state"), ("team=%FF", "UTF-8"),
+                                        ("colour=blue", "unknown query")])
+def test_key_filters_are_validated_as_sent(gateway, query, word):
+    """tornado's get_argument turns control characters into spaces and strips them; the
+    filters are validated as the client sent them."""
+    status, reply = gateway.admin("GET", f"/keys?{query}")
+    assert status == 400 and word in reply["error"]["message"], reply

@@ -4,29 +4,19 @@ priced as the real model; the warehouse gets schema v2 columns, read with v1 fil
 
 from __future__ import annotations
 
-import json
-import urllib.request
 
-import anthropic
-import openai
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from support import anthropic_client, openai_client
+from support import anthropic_client, key_call, openai_client
 
 PRICES = {"gpt-4o-mini": {"input_mtok": 0.15, "output_mtok": 0.6},
           "claude-haiku-4-5": {"input_mtok": 1, "output_mtok": 5}}
 
 
 def api(gw, path: str, body: dict, key: str) -> tuple[int, dict]:
-    request = urllib.request.Request(gw.url + path, data=json.dumps(body).encode(),
-                                     method="POST", headers={"Authorization": f"Bearer {key}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return key_call(gw, "POST", path, key, body)
 
 
 def test_calls_between_start_and_end_belong_to_the_cell(make_gateway):

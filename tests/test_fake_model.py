@@ -15,18 +15,11 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from support import anthropic_client, openai_client
+from support import anthropic_client, key_call, openai_client
 
 
 def post(gw, path: str, body: dict, key: str) -> tuple[int, dict]:
-    request = urllib.request.Request(gw.url + path, data=json.dumps(body).encode(),
-                                     method="POST", headers={"Authorization": f"Bearer {key}",
-                                                             "x-api-key": key})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return key_call(gw, "POST", path, key, body)
 
 
 def test_typical_length_not_the_cap(gateway):

@@ -17,7 +17,7 @@ import anthropic
 import openai
 import pytest
 
-from misbehaving import Misbehaving, chunked, gzipped, response
+from misbehaving import Misbehaving, gzipped, response
 from support import REAL_ANTHROPIC_KEY, REAL_OPENAI_KEY, anthropic_client, free_port, \
     openai_client
 

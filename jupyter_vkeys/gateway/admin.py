@@ -80,6 +80,18 @@ class AdminMixin:
             raise AdminError(400, "request body must be a JSON object")
         return data
 
+    def query(self, name: str) -> str | None:
+        """The last value of query parameter ``name`` exactly as sent (tornado's
+        ``get_argument`` would turn control characters into spaces and strip them, and
+        so accept what the validation must see), or None."""
+        values = self.request.query_arguments.get(name)
+        if not values:
+            return None
+        try:
+            return values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise AdminError(400, f"query parameter {name} is not UTF-8") from None
+
     def reply(self, payload: Any, status: int = 200) -> None:
         """Write ``payload`` as JSON."""
         self.set_status(status)
@@ -156,8 +168,7 @@ class KeysMixin(AdminMixin):
 
     def get(self) -> None:
         def action(actor: str) -> None:
-            wanted = {k: self.get_argument(k, None) for k in ("owner", "team", "project", "state",
-                                                              "parent_id")}
+            wanted = {k: self.query(k) for k in self.query_params}
             self.reply(self.control.list_keys(wanted))
         self.run(action)
 
@@ -220,8 +231,8 @@ class AuditMixin(AdminMixin):
     query_params = ("since", "limit")
 
     def get(self) -> None:
-        self.run(lambda actor: self.reply(self.control.audit(
-            self.get_argument("since", None), self.get_argument("limit", None))))
+        self.run(lambda actor: self.reply(self.control.audit(self.query("since"),
+                                                             self.query("limit"))))
 
 
 class HealthHandler(tornado.web.RequestHandler):

@@ -226,10 +226,15 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def usable(self, now: float) -> bool:
+    def usable(self, now: float, settled: bool = False) -> bool | None:
         """Whether this idle connection may carry a request: open, not idle too long,
         and with nothing (no byte, no EOF) waiting to be read. Called by
-        :meth:`LeanTransport.send` before anything is written to it."""
+        :meth:`LeanTransport.send` before anything is written to it.
+
+        On TLS a readable socket may hold records that are no data at all (TLS 1.3 sends
+        session tickets after the first answer): then the answer is None, "ask again
+        once the transport has read them" (``settled=True``); stray data or an EOF read
+        meanwhile closes the connection through the protocol callbacks."""
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             return False
@@ -242,6 +247,8 @@ class _Connection(asyncio.Protocol):
             readable, _, _ = select.select((sock.fileno(),), (), (), 0)
         except (OSError, ValueError):
             return False
+        if readable and self.key[2] and not settled:
+            return None
         return not readable
 
     async def _wait(self, future: asyncio.Future) -> None:
@@ -473,7 +480,12 @@ class LeanTransport:
             now = asyncio.get_running_loop().time()
             while idle:
                 candidate = idle.pop()
-                if candidate.usable(now):
+                verdict = candidate.usable(now)
+                if verdict is None:  # TLS records waiting: let the transport read them
+                    for _ in range(2):  # its reader runs in the loop turn after ours
+                        await asyncio.sleep(0)
+                    verdict = candidate.usable(now, settled=True)
+                if verdict:
                     conn = candidate
                     break
                 candidate.abort()  # nothing was written to it: trying another is safe

@@ -23,11 +23,13 @@ import logging
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Int, List, Unicode
+from traitlets import Bool, Dict, Int, List, TraitError, Unicode, validate
 
 from ..gateway.app import gateway_handlers, make_app, proxy_routes, route_prefix
 from ..gateway.core import VKeysGateway
 from ..gateway.lean_server import LeanServer, listening_socket
+from ..registry import InvalidKeyRequest, check_name
+from ..runtime import DataDirBusy
 from .auth import JupyterAdminAuth, jupyter_admin_method
 from .identity import apply_personal_identity, os_user
 from .kernel_keys import KernelKeyBroker, set_active
@@ -54,6 +56,15 @@ class VKeysApp(ExtensionApp):
         "to (token, password or cookie), so one person has one personal key and one budget. "
         "Default: the OS user. Not applied under JupyterHub or when "
         "ServerApp.identity_provider_class is configured.")).tag(config=True)
+    @validate("personal_user")
+    def _valid_personal_user(self, proposal: Any) -> str:
+        """The name becomes the scope ``user:<name>``: refuse at load what the registry would
+        refuse at the first kernel start."""
+        try:
+            return check_name("c.VKeysApp.personal_user", proposal["value"])
+        except InvalidKeyRequest as exc:
+            raise TraitError(str(exc)) from None
+
     default_policy = Dict({"budgets": [{"usd": 20, "period": "month", "soft": 0.8}]}, help=(
         "Policy of a user's personal key, created at their first kernel start (same shape as "
         "the admin API: models, rpm, tpm, max_concurrency, budgets).")).tag(config=True)
@@ -111,7 +122,19 @@ class VKeysApp(ExtensionApp):
         """Called by jupyter_server once its loop runs: open store and warehouse, set up
         per-kernel keys."""
         await super()._start_jupyter_server_extension(serverapp)
-        await self.gateway.start()
+        try:
+            await self.gateway.start()
+        except (DataDirBusy, ValueError) as exc:
+            # Another gateway holds the data directory (a second JupyterLab would enforce
+            # every budget twice), or the configuration is refused: serve no gateway.
+            reason = f"the gateway did not start: {exc}"
+            log.error("jupyter-vkeys: %s. This server runs without it: kernels get no "
+                      "virtual key and the /vkeys routes answer 503 (use another "
+                      "c.VKeysGateway.data_dir, or stop the other gateway)", reason)
+            set_active(None, reason=reason)
+            await self.gateway.stop()  # lets go of whatever it had opened
+            return
+        self.gateway.publish(route_prefix(self.gateway, serverapp.connection_url), "jupyter")
         self.provider_variables = [spec.get("api_key_env", "") for spec in
                                    self.gateway.providers.values()
                                    if isinstance(spec, dict) and spec.get("api_key_env")]

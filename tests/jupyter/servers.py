@@ -53,7 +53,7 @@ class JupyterProcess:
 
     def __init__(self, command: str, tmp_path: Path, *args: str, root: Path | None = None,
                  env: dict[str, str] | None = None, token: str = "as-installed-token",
-                 jupyter: str = JUPYTER) -> None:
+                 jupyter: str = JUPYTER, ready: str = "/vkeys/api/health") -> None:
         self.command = command
         self.token = token
         self.port = free_port()
@@ -69,6 +69,7 @@ class JupyterProcess:
                 f"--ServerApp.root_dir={self.root}",
                 f"--VKeysGateway.data_dir={self.data_dir}", "--VKeysGateway.fake_mode=always",
                 *args]
+        self.ready_path = ready  # answers 200 once the server (and its gateway) is up
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(argv, env=self.env, stdout=self._log,
                                         stderr=subprocess.STDOUT, cwd=self.root)
@@ -80,7 +81,8 @@ class JupyterProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"jupyter {self.command} exited:\n{self.log()[-4000:]}")
             try:
-                status, _ = self.request("GET", "/vkeys/api/health", auth=False)
+                status, _ = self.request("GET", self.ready_path, auth=self.ready_path
+                                         .startswith("/api/"))
                 if status == 200:
                     return
             except OSError:
@@ -90,7 +92,8 @@ class JupyterProcess:
         raise AssertionError(f"jupyter {self.command} did not answer:\n{self.log()[-4000:]}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def request(self, method: str, path: str, body: Any = None, *, auth: bool = True,

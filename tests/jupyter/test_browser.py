@@ -4,7 +4,7 @@ Opens ``notebooks/quickstart.ipynb``, runs every cell from the menu (Run > Run A
 Cells) and reads the rendered page: the fake model's reply, the spend summary that
 ``jupyter_vkeys.me()`` and ``%vkeys`` render (a bar per cap, money not turned into
 math), and no error output. A screenshot of the executed notebook is saved (its path
-is printed) and copied to ``/work/screenshots/`` when that folder exists.
+is printed) and copied into ``$VKEYS_SCREENSHOT_DIR`` when that is set.
 
 Needs ``/usr/bin/chromium`` (``.ci/run`` installs it with apt-get) and the
 ``playwright`` Python package only: never ``playwright install``.
@@ -12,6 +12,7 @@ Needs ``/usr/bin/chromium`` (``.ci/run`` installs it with apt-get) and the
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from servers import JupyterProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
-SHARED_SCREENSHOTS = Path("/work/screenshots")
+SHARED_SCREENSHOTS = Path(os.environ.get("VKEYS_SCREENSHOT_DIR") or "/nonexistent")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run",
         "--disable-dev-shm-usage"]

@@ -211,6 +211,18 @@ def openapi_document(api_url: str = "/vkeys/api") -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/health": {"get": {"summary": "Liveness and which providers are real or fake",
                             "security": [], "responses": {"200": _ok(_ref("Health"))}}},
+        "/ready": {"get": {  # telemetry: readiness (jupyter_vkeys.telemetry.readiness)
+            "summary": "Readiness: data directory held, registry loaded, journal writable, "
+                       "warehouse writer alive",
+            "security": [],
+            "responses": {"200": _ok({"type": "object", "required": ["status"],
+                                      "properties": {"status": {"const": "ready"}}}),
+                          "503": {"description": "Not ready: each failing part named",
+                                  "content": {"application/json": {"schema": {
+                                      "type": "object", "required": ["failing"],
+                                      "properties": {"failing": {
+                                          "type": "object",
+                                          "additionalProperties": {"type": "string"}}}}}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "security": [],
                                   "responses": {"200": _ok({"type": "object"})}}},
         "/me": {"get": {

@@ -41,6 +41,20 @@ class _MetricsMixin:
     def check_xsrf_cookie(self) -> None:
         """A GET for scrapers: no XSRF."""
 
+    def get_login_url(self) -> str:
+        """Called by ``web.authenticated`` for a caller nobody authenticated: a scraper
+        gets a 403 rather than a redirect to a login page (which reads as 200)."""
+        raise tornado.web.HTTPError(403, "not authenticated: send the Jupyter server's "
+                                         "token (Authorization: token <token>)")
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        """Refusals made before :meth:`get` runs, as JSON saying why."""
+        exc = (kwargs.get("exc_info") or (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or f"{status_code} {self._reason}"
+        self.set_header("content-type", "application/json")
+        self.finish(orjson.dumps({"error": {"message": message, "type": "permission_error"
+                                            if status_code == 403 else "api_error"}}))
+
     def get(self) -> None:
         if self.needs_admin:
             from ..gateway.admin import AdminError
@@ -93,8 +107,7 @@ class ReadyHandler(tornado.web.RequestHandler):
 def telemetry_handlers(prefix: str, gateway: "VKeysGateway", auth_base: type | None = None,
                        decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
     """The two routes under ``prefix``. ``auth_base``/``decorate`` are the admin API's
-    (given by the Jupyter host; the standalone server passes neither); ``decorate`` is
-    accepted for symmetry with the admin routes and not applied (see below)."""
+    (given by the Jupyter host; the standalone server passes neither)."""
     init = {"gateway": gateway}
     if auth_base is None or gateway.metrics_public:
         def get(self) -> None:  # a function of its own: the marker must not leak to others
@@ -102,7 +115,9 @@ def telemetry_handlers(prefix: str, gateway: "VKeysGateway", auth_base: type | N
         metrics = type("MetricsHandler", (_MetricsMixin, tornado.web.RequestHandler),
                        {"get": _public(get)})
     else:
-        # Not wrapped in ``decorate``: tornado's @authenticated would redirect a scraper
-        # to the login page (a 200); admin_actor answers 403 to anyone but an admin.
-        metrics = type("MetricsHandler", (_MetricsMixin, auth_base), {"needs_admin": True})
+        # Jupyter's authentication (``decorate``), then admin_actor: 403 to anyone but a
+        # gateway admin (get_login_url: a 403, never a redirect to the login page).
+        get = decorate(_MetricsMixin.get) if decorate is not None else _MetricsMixin.get
+        metrics = type("MetricsHandler", (_MetricsMixin, auth_base),
+                       {"get": get, "needs_admin": True})
     return [(prefix + "/metrics", metrics, init), (prefix + "/api/ready", ReadyHandler, init)]

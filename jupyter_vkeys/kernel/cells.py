@@ -25,10 +25,9 @@ import json
 import os
 import sys
 import urllib.error
-import urllib.request
 from typing import Any
 
-from .client import advice
+from .client import advice, call_gateway
 from .report import resets, usd
 
 TIMEOUT = 2.0
@@ -55,13 +54,8 @@ class CellCost:
     # -- the gateway -----------------------------------------------------------------
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST to the gateway with the kernel's key; None (after telling once) on failure."""
-        request = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(), method="POST",
-            headers={"Authorization": f"Bearer {self.key}",
-                     "content-type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
-                return json.loads(resp.read())
+            return call_gateway(self.url, self.key, path, body, timeout=TIMEOUT)
         except urllib.error.HTTPError as exc:
             message = _message(exc)
             if exc.code == 401:
@@ -279,13 +273,9 @@ def estimate(model: str, messages: list | None = None, max_tokens: int | None = 
         body["messages"] = messages
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
-    request = urllib.request.Request(
-        state.url + "/api/estimate", data=json.dumps({"operation": op, "body": body}).encode(),
-        method="POST", headers={"Authorization": f"Bearer {state.key}",
-                                "content-type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return Estimate(json.loads(resp.read()))
+        return Estimate(call_gateway(state.url, state.key, "/api/estimate",
+                                     {"operation": op, "body": body}))
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"the gateway refused the estimate: {_message(exc)}") from None
 

@@ -37,6 +37,20 @@ def advice(message: str) -> str:
     return "restart the kernel; if that does not help, ask your jupyter-vkeys admin"
 
 
+def call_gateway(url: str, key: str, path: str, body: dict[str, Any] | None = None,
+                 timeout: float = 10) -> dict[str, Any]:
+    """GET (or, with ``body``, POST as JSON) ``url + path`` with the kernel's key; the JSON
+    answer. Raises urllib's errors as they are: callers say what they mean (this module's
+    :func:`request_me`, the cell-cost extension)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path, data=data,
+                                     method="POST" if body is not None else "GET",
+                                     headers={"Authorization": f"Bearer {key}",
+                                              "content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
 def request_me(timeout: float = 10) -> dict[str, Any]:
     """The gateway's ``/api/me`` report of this kernel's key; :class:`VKeysError` if
     there is no key, the gateway does not answer, or it refuses the key."""
@@ -44,11 +58,8 @@ def request_me(timeout: float = 10) -> dict[str, Any]:
     key = os.environ.get("OPENAI_API_KEY", "")
     if not url or not key.startswith("vk-"):
         raise VKeysError(NO_KEY)
-    request = urllib.request.Request(url + "/api/me",
-                                     headers={"Authorization": f"Bearer {key}"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return json.loads(resp.read())
+        return call_gateway(url, key, "/api/me", timeout=timeout)
     except urllib.error.HTTPError as exc:
         message = _error_message(exc)
         if exc.code == 401:

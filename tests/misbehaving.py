@@ -54,22 +54,13 @@ def gzipped(body: bytes, status: int = 200) -> bytes:
             f"\r\ncontent-length: {len(data)}\r\n\r\n").encode() + data
 
 
-class Misbehaving:
-    """A scripted raw-socket upstream (see the module docstring). Counts connections,
-    requests and connections the client closed; keeps every request head and body."""
+class _ThreadServer:
+    """An asyncio server on 127.0.0.1 in a thread of its own (so it serves a gateway on
+    another loop as well as a client under test); subclasses define ``_handle``."""
 
-    def __init__(self, script: Script, *, tls: ssl.SSLContext | None = None,
-                 on_head: bool = False) -> None:
-        self.script = script
-        self.on_head = on_head
-        self.connections = 0
-        self.requests = 0
-        self.client_closed = 0
-        self.open = 0
-        self.heads: list[bytes] = []
-        self.bodies: list[bytes] = []
+    def _serve(self, tls: ssl.SSLContext | None) -> None:
+        """Start listening on a free port; sets ``port`` and ``url``."""
         self._tasks: set[asyncio.Task] = set()
-        self._lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
@@ -85,6 +76,35 @@ class Misbehaving:
         self._thread.start()
         started.wait(10)
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self.server.close()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class Misbehaving(_ThreadServer):
+    """A scripted raw-socket upstream (see the module docstring). Counts connections,
+    requests and connections the client closed; keeps every request head and body."""
+
+    def __init__(self, script: Script, *, tls: ssl.SSLContext | None = None,
+                 on_head: bool = False) -> None:
+        self.script = script
+        self.on_head = on_head
+        self.connections = 0
+        self.requests = 0
+        self.client_closed = 0
+        self.open = 0
+        self.heads: list[bytes] = []
+        self.bodies: list[bytes] = []
+        self._lock = threading.Lock()
+        self._serve(tls)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._tasks.add(asyncio.current_task())
@@ -152,41 +172,14 @@ class Misbehaving:
             time.sleep(0.01)
         return condition()
 
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            self.server.close()
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-
-
-class ConnectProxy:
+class ConnectProxy(_ThreadServer):
     """An HTTP proxy that only tunnels (``CONNECT host:port``), to 127.0.0.1 only; keeps
     the targets it was asked for."""
 
     def __init__(self) -> None:
         self.targets: list[str] = []
         self.auth: list[str] = []
-        self._tasks: set[asyncio.Task] = set()
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.server = self.loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0))
-            self.port = self.server.sockets[0].getsockname()[1]
-            started.set()
-            self.loop.run_forever()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        started.wait(10)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._serve(None)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._tasks.add(asyncio.current_task())
@@ -226,13 +219,3 @@ class ConnectProxy:
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             writer.close()
 
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            self.server.close()
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)

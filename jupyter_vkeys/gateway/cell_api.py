@@ -91,7 +91,6 @@ class CellsHandler(DataPlaneHandler):
             else:
                 raise _bad("'action' must be 'start' or 'end'", "action")
         except ApiError as error:
-            self.set_status(error.status)
             self.send_api_error(error)
 
 
@@ -117,7 +116,6 @@ class EstimateHandler(DataPlaneHandler):
             figures["tightest_budget"] = tightest_budget(self.gateway, record)
             self.finish(orjson.dumps(figures))
         except ApiError as error:
-            self.set_status(error.status)
             self.send_api_error(error)
 
 

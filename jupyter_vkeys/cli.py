@@ -121,6 +121,24 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- hub-service ---------------------------------------------------------------------
+def cmd_hub_service(args: argparse.Namespace) -> int:
+    """Run the gateway as a JupyterHub service until SIGINT/SIGTERM."""
+    logging.basicConfig(level=getattr(logging, args.log_level), format=
+                        "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+    try:
+        from .hub.service import run_service
+    except ImportError as exc:
+        raise SystemExit(f"jupyter-vkeys hub-service needs JupyterHub's service library: "
+                         f"pip install 'jupyter-vkeys[hub]' ({exc})") from None
+    config = load_config(args.config)
+    if args.data_dir:
+        config.VKeysGateway.data_dir = args.data_dir
+    if args.fake:
+        config.VKeysGateway.fake_mode = "always"
+    return asyncio.run(run_service(config, host=args.host, port=args.port, user=args.user))
+
+
 # -- admin backends ------------------------------------------------------------------
 class RemoteAdmin:
     """Admin calls over HTTP to the gateway that holds the data directory.
@@ -473,6 +491,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(func=cmd_serve)
+
+    hub = sub.add_parser("hub-service", help=(
+        "run the gateway as a JupyterHub service (started by the Hub, or external)"))
+    hub.add_argument("--config", help="config file (.py with c.VKeysGateway.* and "
+                                      "c.VKeysHubService.*, or .json)")
+    hub.add_argument("--data-dir", help="where keys, audit and the warehouse live")
+    hub.add_argument("--host", help="listen address (default: from JUPYTERHUB_SERVICE_URL)")
+    hub.add_argument("--port", type=int, help="listen port (default: from "
+                                              "JUPYTERHUB_SERVICE_URL)")
+    hub.add_argument("--user", help="OS user to run as (start as root): the data directory "
+                                    "becomes theirs, mode 0700")
+    hub.add_argument("--fake", action="store_true", help="answer every model from the "
+                                                         "offline fake provider")
+    hub.add_argument("--log-level", default="INFO",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    hub.set_defaults(func=cmd_hub_service)
 
     keys = sub.add_parser("keys", help="create, list, show, update, revoke, rotate keys")
     keys_sub = keys.add_subparsers(dest="action", required=True)

@@ -85,6 +85,11 @@ def drop_privileges(user: str, data_dir: Path) -> None:
             return
         raise SystemExit(f"jupyter-vkeys: --user {user} needs to start as root")
     data_dir.mkdir(parents=True, exist_ok=True)
+    for parent in data_dir.resolve().parents:
+        if not parent.stat().st_mode & 0o001 and parent.stat().st_uid != entry.pw_uid:
+            raise SystemExit(f"jupyter-vkeys: {user} cannot reach the data directory "
+                             f"{data_dir}: {parent} is not searchable by other users (use "
+                             f"a data directory such as /var/lib/jupyter-vkeys)")
     for path in [data_dir, *data_dir.rglob("*")]:
         os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
     data_dir.chmod(0o700)

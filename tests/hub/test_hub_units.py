@@ -145,3 +145,10 @@ def check_dropped(out, hidden, entry, data: Path) -> None:
     assert data.stat().st_uid == entry.pw_uid and (data.stat().st_mode & 0o777) == 0o700
     for name in ("keys.sqlite", "journal"):
         assert (data / name).stat().st_uid == entry.pw_uid, name
+
+
+def test_the_readme_quotes_the_tested_hub_config():
+    """The README's jupyterhub_config.py is the file the Hub tests load, exactly."""
+    repo = Path(__file__).resolve().parents[2]
+    snippet = (repo / "examples" / "jupyterhub" / "jupyterhub_config.py").read_text()
+    assert f"```python\n{snippet}```" in (repo / "README.md").read_text()

@@ -31,7 +31,9 @@ c.JupyterHub.custom_scopes = {
                                           "allowlists and the audit trail."},
 }
 c.JupyterHub.load_roles = [
-    {"name": "user", "scopes": ["self", "custom:vkeys:use!user"]},
+    # "self" is JupyterHub's default; access:services lets browsers log in to the service
+    {"name": "user",
+     "scopes": ["self", "custom:vkeys:use!user", "access:services!service=vkeys"]},
     {"name": "llm-admins", "groups": ["llm-admins"], "scopes": ["custom:vkeys:admin"]},
     # the service asks the Hub whether a server still runs before revoking its keys
     {"name": "vkeys-service", "services": ["vkeys"],

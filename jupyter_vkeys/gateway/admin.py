@@ -65,6 +65,8 @@ class AdminMixin:
 
     gateway: VKeysGateway
     query_params: tuple[str, ...] = ()  # the query parameters the route takes
+    # what an unauthenticated caller is told to send (the Hub service's base says its own)
+    login_hint = "send the Jupyter server's token (Authorization: token <token>) or log in"
 
     def set_default_headers(self) -> None:
         self.set_header("content-type", "application/json")
@@ -166,8 +168,7 @@ class AdminMixin:
         """Called by ``web.authenticated`` (the Jupyter extension's admin methods) for a
         caller nobody authenticated: a JSON API answers 403, never a redirect to a login
         page (which a client following redirects would read as 200)."""
-        raise tornado.web.HTTPError(403, "not authenticated: send the Jupyter server's "
-                                         "token (Authorization: token <token>) or log in")
+        raise tornado.web.HTTPError(403, f"not authenticated: {self.login_hint}")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Tornado's and Jupyter's own refusals (405, Jupyter's 403 before the handler
@@ -181,8 +182,7 @@ class AdminMixin:
             except (TypeError, ValueError):
                 detail = exc.log_message
         elif status_code == 403 and self.current_user is None:
-            detail = ("not authenticated: send the Jupyter server's token "
-                      "(Authorization: token <token>) or log in")
+            detail = f"not authenticated: {self.login_hint}"
         if detail:
             message += f": {detail}"
         kind = {401: "authentication_error", 403: "permission_error"}.get(status_code,

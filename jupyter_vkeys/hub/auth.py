@@ -27,6 +27,8 @@ class HubAuthBase(HubOAuthenticated, tornado.web.RequestHandler):
 
     hub_auth_class = HubOAuth
     caller: HubCaller | None = None
+    login_hint = ("send a JupyterHub API token (Authorization: token "
+                  "<JUPYTERHUB_API_TOKEN>) or log in through the Hub")
 
     def initialize(self, gateway: Any, **kwargs: Any) -> None:
         self.gateway = gateway

@@ -99,6 +99,10 @@ class HubMeHandler(HubRouteMixin, HubAuthBase):
 class HomeHandler(HubMeHandler):
     """``GET {prefix}/``: the signed-in user's caps and spend, for a browser."""
 
+    def get_login_url(self) -> str:
+        """A browser goes through the Hub's login and OAuth (the JSON routes answer 403)."""
+        return HubAuthBase.get_login_url(self)
+
     @tornado.web.authenticated
     def get(self) -> None:
         try:
@@ -108,20 +112,45 @@ class HomeHandler(HubMeHandler):
             self.finish(f"<p>{html.escape(exc.message)}</p>")
             return
         self.set_header("content-type", "text/html; charset=utf-8")
-        rows = []
-        for key in me["personal_keys"]:
-            for scope in key.get("limits", []):
-                for budget in scope.get("budgets", []):
-                    rows.append(f"<tr><td>{html.escape(scope['scope'])}</td>"
-                                f"<td>{html.escape(str(budget.get('period')))}</td>"
-                                f"<td>{_usd(budget.get('spent_usd', 0))}</td>"
-                                f"<td>{_usd(budget.get('usd', 0))}</td></tr>")
-        table = ("<table><tr><th>scope</th><th>period</th><th>spent</th><th>cap</th></tr>"
-                 + "".join(rows) + "</table>") if rows else "<p>No key yet: start a kernel.</p>"
-        self.finish(f"<!doctype html><title>jupyter-vkeys</title><h1>jupyter-vkeys</h1>"
-                    f"<p class='mathjax_ignore'>Signed in as <b>{html.escape(me['name'])}</b>"
-                    f" (team {html.escape(me['team'] or 'none')}). Kernels call "
-                    f"<code>{html.escape(me['data_plane_url'])}</code>.</p>{table}")
+        self.finish(home_page(me))
+
+
+PAGE_STYLE = ("body{font:14px system-ui,sans-serif;margin:2em;color:#222}"
+              "table{border-collapse:collapse;margin-top:1em}"
+              "th,td{padding:4px 12px;border-bottom:1px solid #ddd;text-align:left}"
+              "td.usd{text-align:right;font-variant-numeric:tabular-nums}"
+              ".warned{color:#b26a00}.exhausted{color:#b00020;font-weight:600}"
+              "code{background:#f4f4f4;padding:1px 4px}")
+
+
+def home_page(me: dict[str, Any]) -> str:
+    """The signed-in user's page: who they are, and each cap of their personal key's path
+    with spend, what is left and when it resets. Called by :class:`HomeHandler`."""
+    rows = []
+    for key in me["personal_keys"]:
+        for scope in key.get("limits", []):
+            for budget in scope.get("budgets", []):
+                left = budget.get("remaining_usd", 0)
+                state = "exhausted" if left <= 0 else "warned" if budget.get("warned") else ""
+                rows.append(
+                    f"<tr class='{state}'><td>{html.escape(scope['scope'])}</td>"
+                    f"<td>{html.escape(str(budget.get('period')))}</td>"
+                    f"<td class='usd'>{_usd(budget.get('spent_usd', 0))}</td>"
+                    f"<td class='usd'>{_usd(budget.get('usd', 0))}</td>"
+                    f"<td class='usd'>{_usd(left)}</td>"
+                    f"<td>{html.escape(str(budget.get('resets_at') or ''))}</td></tr>")
+    table = ("<table class='mathjax_ignore'><tr><th>cap on</th><th>period</th><th>spent</th>"
+             "<th>cap</th><th>left</th><th>resets at</th></tr>" + "".join(rows) + "</table>"
+             if rows else "<p>No key yet: start a kernel and it gets one.</p>")
+    admin = me["admin"]
+    role = ("You administer everyone." if admin == "all" else
+            f"You administer group(s) {html.escape(', '.join(admin))}." if admin else "")
+    kernels = len(me["kernel_keys"])
+    return (f"<!doctype html><meta charset='utf-8'><title>jupyter-vkeys</title>"
+            f"<style>{PAGE_STYLE}</style><h1>jupyter-vkeys</h1>"
+            f"<p class='mathjax_ignore'>Signed in as <b>{html.escape(me['name'])}</b> (team "
+            f"{html.escape(me['team'] or 'none')}). {role} {kernels} running kernel(s) hold "
+            f"a key; they call <code>{html.escape(me['data_plane_url'])}</code>.</p>{table}")
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):

@@ -179,6 +179,64 @@ def test_every_kernel_gets_a_key_that_works_with_both_sdks(world):
     assert month and month[0]["usd"] == 5, personal["limits"]  # the students group policy
 
 
+def test_usage_cost_per_cell_and_dry_runs_come_from_the_service(world):
+    report = world.hub.execute("alice", world.kernels["alice"],
+                               "import jupyter_vkeys\njupyter_vkeys.me()")
+    html = " ".join(d.get("text/html", "") for d in report["displays"])
+    assert "vkeys-report" in html and "$20.00 / month" in html, report
+    assert "mathjax_ignore" in html
+    dry = world.hub.execute("alice", world.kernels["alice"], """%%vkeys dry_run
+import openai
+openai.OpenAI(max_retries=0).chat.completions.create(
+    model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": "what would it cost"}])
+""")
+    html = " ".join(d.get("text/html", "") for d in dry["displays"])
+    assert not dry["errors"] and "vkeys-dry-run" in html and "nothing spent" in html, dry
+    paid = world.hub.execute("alice", world.kernels["alice"], CALLS)
+    lines = [d.get("text/plain", "") for d in paid["displays"]]
+    assert any("2 calls" in line and "left" in line for line in lines), lines  # cell cost
+
+
+def test_a_browser_logs_in_through_the_hub_and_sees_its_own_caps(world, tmp_path):
+    """HubOAuth for browsers: the service's page sends a browser through the Hub's login
+    and OAuth, and then shows the signed-in user's own caps."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    shot = tmp_path / "hub-service-home.png"
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+            "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{world.hub.base}/services/vkeys/", timeout=60_000)
+            page.fill("input[name=username]", "bob")
+            page.fill("input[name=password]", "test-password")
+            page.click("input[type=submit], button[type=submit]")
+            try:
+                page.wait_for_selector("text=Signed in as", timeout=60_000)
+            except Exception:
+                page.screenshot(path=str(shot), full_page=True)
+                print(f"at {page.url} (screenshot {shot}):\n{page.inner_text('body')[:2000]}"
+                      f"\n{world.hub.log()[-4000:]}")
+                raise
+            text = page.inner_text("body")
+            url = page.url
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    shots = os.environ.get("VKEYS_SCREENSHOT_DIR")
+    if shots and Path(shots).is_dir():
+        Path(shots, shot.name).write_bytes(shot.read_bytes())
+    print(f"screenshot: {shot}")
+    assert url.startswith(f"{world.hub.base}/services/vkeys/"), url
+    assert "Signed in as bob" in text and "team students" in text, text
+    assert "$5.00" in text and "alice" not in text, text
+
+
 def test_the_single_user_servers_run_no_gateway_and_hold_no_real_key(world):
     import psutil
 

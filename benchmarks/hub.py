@@ -24,9 +24,10 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "hub"), str(HERE.parent / "tests")]
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "hub"), str(HERE.parent / "tests"),
+                str(HERE.parent / "tests" / "jupyter")]
 
-from run import CHAT, Procs, admin, free_port, start_gateway, wrk  # noqa: E402
+from run import CHAT, Procs, free_port, start_gateway, wrk  # noqa: E402
 
 
 def hub_key(hub, upstream: str) -> str:

@@ -37,7 +37,7 @@ c.JupyterHub.load_roles = [
     {"name": "llm-admins", "groups": ["llm-admins"], "scopes": ["custom:vkeys:admin"]},
     # the service asks the Hub whether a server still runs before revoking its keys
     {"name": "vkeys-service", "services": ["vkeys"],
-     "scopes": ["read:users:name", "read:users:groups", "read:servers"]},
+     "scopes": ["list:users", "read:users:name", "read:users:groups", "read:servers"]},
 ]
 
 # Single-user servers: their Hub token may use the service for their own user (and

@@ -59,7 +59,7 @@ class VKeysHubService(LoggingConfigurable):
     reap_interval = Float(30.0, help=(
         "Seconds between checks with the Hub for stopped servers whose kernel keys are "
         "still active (a server killed without stopping its kernels); 0 turns it off. "
-        "Needs the service's role to hold read:users:name and read:servers.")).tag(config=True)
+        "Needs the service's role to hold list:users, read:users:name and read:servers.")).tag(config=True)
     cookie_secret_file = Unicode("", help=(
         "File of the secret that signs the service's OAuth cookies. Default: "
         "<data_dir>/hub_cookie_secret, created with mode 0600.")).tag(config=True)

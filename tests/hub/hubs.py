@@ -17,8 +17,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -179,19 +177,10 @@ class HubProcess:
 
 def request(method: str, url: str, body: Any = None, *, token: str = "",
             headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, Any]:
-    """One HTTP request; status and decoded JSON (or text)."""
-    data = None if body is None else json.dumps(body).encode()
-    all_headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   **(headers or {})}
+    """One HTTP request (JSON), with a Hub token if given; status and decoded JSON."""
+    from servers import http
+
+    all_headers = {"Accept": "application/json", **(headers or {})}
     if token:
         all_headers["Authorization"] = f"token {token}"
-    req = urllib.request.Request(url, data=data, method=method, headers=all_headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    return http(method, url, body, headers=all_headers, timeout=timeout)

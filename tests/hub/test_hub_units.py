@@ -152,3 +152,54 @@ def test_the_readme_quotes_the_tested_hub_config():
     repo = Path(__file__).resolve().parents[2]
     snippet = (repo / "examples" / "jupyterhub" / "jupyterhub_config.py").read_text()
     assert f"```python\n{snippet}```" in (repo / "README.md").read_text()
+
+
+def test_a_kernel_starts_without_a_key_when_the_service_refuses_or_is_down(caplog):
+    """The single-user side (hub_broker): a service that refuses (a token without
+    custom:vkeys:use) or does not answer leaves the kernel without a key, never without
+    its environment, and the log says why and what to do."""
+    import asyncio
+    import json as jsonlib
+    import logging
+    import socket
+    import threading
+
+    from jupyter_vkeys.server_extension.hub_broker import HubKernelKeyBroker
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    body = jsonlib.dumps({"error": {"message": "user 'eve' may not use jupyter-vkeys: the "
+                                               "token lacks the Hub scope custom:vkeys:use",
+                                    "type": "permission_error"}}).encode()
+
+    def refuse() -> None:
+        for _ in range(1):
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            conn.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()
+    env = {"PATH": "/usr/bin", "OPENAI_API_KEY": "sk-should-be-stripped", "HOME": "/x"}
+
+    async def start(url: str) -> dict:
+        broker = HubKernelKeyBroker(url, api_token="t", timeout=5)
+        return await broker.launch_env("k1", dict(env))
+
+    with caplog.at_level(logging.ERROR, logger="jupyter_vkeys.kernels"):
+        refused = asyncio.run(start(f"http://127.0.0.1:{port}/services/vkeys"))
+        down = asyncio.run(start(f"http://127.0.0.1:{dead_port}/services/vkeys"))
+    listener.close()
+    for result in (refused, down):
+        assert result["PATH"] == "/usr/bin" and "OPENAI_API_KEY" not in result
+        assert "OPENAI_BASE_URL" not in result
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "403" in messages and "custom:vkeys:use" in messages, messages
+    assert "not reachable" in messages and "ask the hub admin" in messages, messages

@@ -505,3 +505,19 @@ def test_random_bytes_never_hang_or_crash_the_server(garbage_gateway, front, cap
         assert health.statuses == [200]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+def test_health_answers_other_methods_in_json(gateway):
+    """``POST /api/health``: 405 in the API's JSON error shape on both fronts' routes."""
+    import json as jsonlib
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(gateway.url + "/api/health", data=b"{}", method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=10)
+        raise AssertionError("POST /api/health was answered 2xx")
+    except urllib.error.HTTPError as exc:
+        status, body, kind = exc.code, exc.read(), exc.headers.get("content-type", "")
+    assert status == 405 and kind.startswith("application/json"), (status, kind)
+    assert "GET only" in jsonlib.loads(body)["error"]["message"]

@@ -90,3 +90,29 @@ class _Dead:
 def test_ready_without_a_warehouse_needs_no_writer(make_gateway):
     gw = make_gateway(fake_mode="always", warehouse=False)
     assert probe(gw) == (200, {"status": "ready"})
+
+
+def test_a_writer_that_keeps_dying_is_restarted_with_backoff(make_gateway, caplog):
+    """A writer that cannot run is not respawned four times a second: the first restart is
+    immediate, then 0.5 s, 1 s, 2 s ... (capped at 30 s), each said in the log."""
+    import logging
+    import subprocess
+    import sys
+
+    gw = make_gateway(fake_mode="always")
+    sink = gw.gateway.sink
+    healthy = sink.writer
+    pids = set()
+    with caplog.at_level(logging.ERROR, logger="jupyter_vkeys"):
+        sink.writer = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+        healthy.kill()
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            pids.add(sink.writer.pid)
+            time.sleep(0.02)
+        sink.writer = subprocess.Popen(healthy.args, stdin=subprocess.DEVNULL)
+    restarts = len(pids) - 1
+    # without the backoff: about 16 restarts in 4 s (one per 0.25 s tick)
+    assert 2 <= restarts <= 5, restarts
+    delays = [r.getMessage() for r in caplog.records if "restarting it in" in r.getMessage()]
+    assert any("in 0.5 s" in m for m in delays) and any("in 1 s" in m for m in delays), delays

@@ -309,6 +309,13 @@ class HealthHandler(tornado.web.RequestHandler):
     def initialize(self, gateway: VKeysGateway) -> None:
         self.gateway = gateway
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Another method than GET (405), in the API's JSON error shape, not HTML."""
+        self.set_header("content-type", "application/json")
+        self.finish(orjson.dumps({"error": {
+            "message": f"{status_code} {self._reason}: /api/health answers GET only",
+            "type": "invalid_request_error"}}))
+
     @public_endpoint
     def get(self) -> None:
         gw = self.gateway

@@ -6,7 +6,8 @@ journal can be written and its warehouse writer process is alive; otherwise the
 probe answers 503 naming every failing part. ``/api/health`` stays the cheap
 liveness probe.
 
-The sink restarts a dead writer within a quarter second. A writer counts as
+The sink restarts a dead writer within a quarter second (one that keeps dying, after a
+doubling delay up to 30 s). A writer counts as
 alive only once the same process has been running for
 ``c.VKeysGateway.ready_writer_grace`` seconds, so a writer that dies at every
 start (a crash loop) keeps the gateway unready instead of flapping.

@@ -38,6 +38,10 @@ log = logging.getLogger("jupyter_vkeys.warehouse")
 # Seconds a call stays in flight before its hold is journaled (a crash loses the holds of
 # younger calls: at most this long of spend that no client saw completed).
 HOLD_DELAY = 0.25
+# A writer that keeps dying is restarted after 0.5, 1, 2 ... 30 s (the first at once);
+# one that stayed up this long counts as healthy again.
+WRITER_BACKOFF_MAX = 30.0
+WRITER_STABLE_SECONDS = 60.0
 
 
 class WarehouseSink:
@@ -58,6 +62,9 @@ class WarehouseSink:
         self.pending_holds: dict[str, tuple[float, Callable[[], dict[str, Any]]]] = {}
         self.journal: Journal | None = None
         self.writer: subprocess.Popen | None = None
+        self._writer_started = time.monotonic()
+        self._writer_failures = 0  # exits in a row, each within WRITER_STABLE_SECONDS
+        self._writer_retry_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.lost_on_recovery = 0
         # Median output tokens per model over the last 30 days (read at start-up; dry runs)
@@ -164,10 +171,28 @@ class WarehouseSink:
             if self.journal.age(dataset) >= self.roll_seconds:
                 self._roll(dataset)
         if self.writer is not None and self.writer.poll() is not None:
-            log.error("the warehouse writer process exited (%s); restarting it",
-                      self.writer.returncode)
-            self.writer = subprocess.Popen(self.writer.args, stdin=subprocess.DEVNULL)
+            self._restart_writer()
         self._timer = loop.call_later(HOLD_DELAY, self._tick, loop)
+
+    def _restart_writer(self) -> None:
+        """Called by :meth:`_tick` while the writer is dead: restart it at once the first
+        time, then after a delay that doubles with each quick exit (0.5 s .. 30 s), so a
+        writer that cannot run (a broken install, a full disk) is not respawned four
+        times a second. The journal keeps every event meanwhile."""
+        now = time.monotonic()
+        if self._writer_retry_at is None:  # just noticed
+            if now - self._writer_started >= WRITER_STABLE_SECONDS:
+                self._writer_failures = 0
+            delay = 0.0 if self._writer_failures == 0 else \
+                min(WRITER_BACKOFF_MAX, 0.5 * 2 ** (self._writer_failures - 1))
+            self._writer_failures += 1
+            self._writer_retry_at = now + delay
+            log.error("the warehouse writer process exited (%s); restarting it%s",
+                      self.writer.returncode, f" in {delay:g} s" if delay else "")
+        if now >= self._writer_retry_at:
+            self.writer = subprocess.Popen(self.writer.args, stdin=subprocess.DEVNULL)
+            self._writer_started = now
+            self._writer_retry_at = None
 
     def _run_writer_once(self, window_starts: dict[str, float]) -> list[dict[str, Any]]:
         if not any((self.root / "journal").glob(f"*{CLOSED_SUFFIX}")) and not any(

@@ -37,6 +37,10 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 
 
+NEW_KEY_HINT = ("in a notebook, restart the kernel to get a new key; otherwise ask your "
+                "jupyter-vkeys admin for a new key")
+
+
 class AuthError(Exception):
     """The presented credential is not a usable key. ``reason`` is one of
     ``missing``, ``malformed``, ``unknown``, ``revoked``, ``expired``."""
@@ -187,14 +191,16 @@ class KeyRegistry:
                                        f"'vk-{key_id}_...'")
         state = record.state(now)
         if state == "revoked":
-            raise AuthError("revoked", f"virtual key {key_id} was revoked")
+            raise AuthError("revoked", f"virtual key {key_id} was revoked at "
+                                       f"{iso_time(record.revoked_at)}; {NEW_KEY_HINT}")
         if state == "expired":
             raise AuthError("expired", f"virtual key {key_id} expired at "
-                                       f"{iso_time(record.expires_at)}")
+                                       f"{iso_time(record.expires_at)}; {NEW_KEY_HINT}")
         parent = self.records.get(record.parent_id) if record.parent_id else None
         if parent is not None and parent.state(now) != "active":
             raise AuthError(parent.state(now), f"virtual key {key_id} belongs to key "
-                                               f"{parent.id}, which is {parent.state(now)}")
+                                               f"{parent.id}, which is {parent.state(now)}: "
+                                               "ask your jupyter-vkeys admin")
         return record
 
     def get(self, key_id: str) -> KeyRecord | None:

@@ -59,8 +59,9 @@ class CellCost:
         except urllib.error.HTTPError as exc:
             message = _message(exc)
             if exc.code == 401:
-                self.tell_once("key", f"this kernel's key was refused: {message}; "
-                                      f"{advice(message)}")
+                tip = advice(message)
+                self.tell_once("key", f"this kernel's key was refused: {message}"
+                                      + (f"; {tip}" if tip else ""))
             else:
                 self.tell_once(f"http{exc.code}", f"the gateway answered {exc.code}: {message}")
         except (urllib.error.URLError, OSError, ValueError) as exc:

@@ -25,7 +25,10 @@ NO_KEY = ("this kernel has no jupyter-vkeys key (the server's vkeys kernel provi
 
 
 def advice(message: str) -> str:
-    """What to do about a 401 from the gateway, given its message."""
+    """What to do about a 401 from the gateway, given its message ('' when the gateway's
+    message says it already)."""
+    if "jupyter-vkeys admin" in message:
+        return ""
     if "belongs to key" in message:
         return ("the key above this kernel's (your personal or project key) is not active: "
                 "ask your jupyter-vkeys admin")
@@ -63,8 +66,9 @@ def request_me(timeout: float = 10) -> dict[str, Any]:
     except urllib.error.HTTPError as exc:
         message = _error_message(exc)
         if exc.code == 401:
-            raise VKeysError(f"the gateway refused this kernel's key: {message}; "
-                             f"{advice(message)}") from None
+            tip = advice(message)
+            raise VKeysError(f"the gateway refused this kernel's key: {message}"
+                             + (f"; {tip}" if tip else "")) from None
         raise VKeysError(f"the gateway answered {exc.code}: {message}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)

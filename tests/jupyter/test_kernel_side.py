@@ -60,7 +60,8 @@ def test_no_key_gateway_down_revoked_and_expired_say_what_to_do(gateway, monkeyp
     report = me()
     assert report["id"] == child.id and "month" not in repr(report)
     gateway.gateway.registry.revoke(child.id, actor="test")
-    with pytest.raises(VKeysError, match=r"was revoked; restart the kernel to get a new key"):
+    with pytest.raises(VKeysError, match=r"was revoked at \S+; in a notebook, restart the "
+                                         r"kernel to get a new key"):
         me()
     _, token2 = gateway.gateway.registry.create({"parent_id": parent.id}, actor="test")
     monkeypatch.setenv("OPENAI_API_KEY", token2)

@@ -47,6 +47,8 @@ def build_gateway(args: argparse.Namespace):
         config.VKeysGateway.data_dir = args.data_dir
     if getattr(args, "fake", False):
         config.VKeysGateway.fake_mode = "always"
+    if getattr(args, "state_url", None):
+        config.VKeysGateway.state_url = args.state_url
     level = getattr(logging, getattr(args, "log_level", "WARNING"), logging.WARNING)
     if "access_log_file" not in config.VKeysGateway and level <= logging.INFO:
         # `serve`'s access lines go straight to stdout (about 3 us a call) rather than
@@ -466,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     serve.add_argument("--fake", action="store_true", help="answer every model from the "
                                                            "offline fake provider")
+    serve.add_argument("--state-url", help="share budgets and limits with other replicas "
+                       "through this Redis/Valkey (c.VKeysGateway.state_url), e.g. "
+                       "redis://redis:6379/0")
     serve.add_argument("--no-uvloop", action="store_true", help="use asyncio's default loop")
     serve.add_argument("--server", choices=("lean", "tornado"), default="lean", help=(
         "HTTP front: lean answers data-plane calls on httptools and passes the other routes "

@@ -33,6 +33,7 @@ from ..providers.scrub import Scrubber
 from ..providers.transport import HttpTransport, ProxySettings, Transport
 from ..registry import KeyRegistry
 from ..runtime import ControlPlane, DataDirLock, publish
+from ..state import SharedLedger, open_ledger
 from ..store import Store
 from .cells import CellTracker
 from .dry_run import OutputHistory
@@ -198,6 +199,33 @@ class VKeysGateway(LoggingConfigurable):
     log_content = Bool(False, help="Store prompts (prompt_text) in the warehouse. Off by "
                                    "default: only a hash of the prompt is kept.").tag(config=True)
 
+    # -- scale-out: state shared by several replicas (jupyter_vkeys.state) -------------
+    state_url = Unicode("", help=(
+        "Where budgets, holds, RPM/TPM windows and concurrency are shared by several "
+        "gateway replicas: a Redis/Valkey URL (redis://host:6379/0, rediss://..., "
+        "unix:///run/redis.sock; needs pip install 'jupyter-vkeys[scale]'). '' (the "
+        "default) keeps them in this process only. Redis must persist (AOF).")).tag(
+        config=True)
+    state_prefix = Unicode("{vkeys}:", help=(
+        "Prefix of every key the gateway writes in Redis (one prefix per gateway "
+        "deployment sharing a Redis; the braces keep all keys in one Redis Cluster "
+        "slot).")).tag(config=True)
+    state_timeout = Float(1.0, help=(
+        "Seconds a call waits for the shared state before it is refused with 503 "
+        "(fail closed).")).tag(config=True)
+    state_lease_seconds = Float(10.0, help=(
+        "How long a replica's open holds outlive it: a replica renews its lease every "
+        "third of this; once it lapses another replica charges its open holds at the hold "
+        "(status lost) and frees its concurrency slots.")).tag(config=True)
+    state_fail_open_rate = Bool(False, help=(
+        "While the shared state is unreachable, admit calls whose scopes carry only RPM "
+        "limits on this replica's own count (budgets, TPM and concurrency always fail "
+        "closed).")).tag(config=True)
+    replica_id = Unicode("", help=(
+        "This replica's name in the shared state (default: host-pid-random; set it to the "
+        "pod name to read redis-cli easily). Must be unique among live replicas.")).tag(
+        config=True)
+
     # -- the lean HTTP front's limits and deadlines (read by lean_server.LeanServer) -----
     max_head_bytes = Int(65536, help=(
         "Largest request line plus headers (bytes) the lean HTTP front reads; a longer head "
@@ -268,6 +296,7 @@ class VKeysGateway(LoggingConfigurable):
         self.cells = CellTracker()
         self.output_history = OutputHistory()
         self.lock: DataDirLock | None = None
+        self.shared: SharedLedger | None = None  # set when state_url names one
         self.control = ControlPlane(self)
         from ..telemetry import Telemetry  # telemetry hook: metrics, access log, readiness
 
@@ -285,6 +314,13 @@ class VKeysGateway(LoggingConfigurable):
         self.lock.acquire()
         try:
             self._open(data)
+            if self.state_url:
+                self.shared = open_ledger(
+                    self.state_url, tz=ZoneInfo(self.timezone), lease=self.state_lease_seconds,
+                    timeout=self.state_timeout, fail_open_rate=self.state_fail_open_rate,
+                    clamp_max_tokens=self.clamp_max_tokens, replica=self.replica_id,
+                    prefix=self.state_prefix)
+                await self.shared.start()
         except BaseException:
             self._close_state()
             raise
@@ -393,6 +429,8 @@ class VKeysGateway(LoggingConfigurable):
         try:
             for transport in set(self.transports.values()):
                 await transport.close()
+            if self.shared is not None:
+                await self.shared.close()
         finally:
             self._close_state()
 

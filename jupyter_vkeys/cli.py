@@ -49,6 +49,8 @@ def build_gateway(args: argparse.Namespace):
         config.VKeysGateway.fake_mode = "always"
     if getattr(args, "state_url", None):
         config.VKeysGateway.state_url = args.state_url
+    if getattr(args, "registry_url", None):
+        config.VKeysGateway.registry_url = args.registry_url
     level = getattr(logging, getattr(args, "log_level", "WARNING"), logging.WARNING)
     if "access_log_file" not in config.VKeysGateway and level <= logging.INFO:
         # `serve`'s access lines go straight to stdout (about 3 us a call) rather than
@@ -455,6 +457,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="gateway data directory (default: "
                                            "<jupyter data dir>/vkeys or $VKEYS_DATA_DIR)")
     parser.add_argument("--config", help="config file (.py with c.VKeysGateway.* or .json)")
+    parser.add_argument("--registry-url", help="key registry shared by replicas on PostgreSQL "
+                        "(c.VKeysGateway.registry_url), e.g. postgresql://vkeys@db/vkeys")
 
 
 def build_parser() -> argparse.ArgumentParser:

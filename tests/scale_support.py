@@ -77,11 +77,15 @@ class Replica:
     """``jupyter vkeys serve --fake --state-url ...`` on its own data directory."""
 
     def __init__(self, data_dir: Path, state_url: str, config: Path | None = None,
-                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 extra: list[str] | None = None, env: dict[str, str] | None = None,
+                 registry_url: str = "") -> None:
         self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "jupyter_vkeys.cli", "serve", "--port", "0",
                 "--fake", "--data-dir", str(data_dir), "--state-url", state_url,
                 "--log-level", "WARNING"]
+        if registry_url:
+            args += ["--registry-url", registry_url]
         if config is not None:
             args += ["--config", str(config)]
         args += extra or []
@@ -112,3 +116,53 @@ class Replica:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(5)
+
+
+PG_CTL = shutil.which("pg_ctl") or next(iter(sorted(Path("/usr/lib/postgresql").glob(
+    "*/bin/pg_ctl"))), None)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (``initdb`` + ``pg_ctl``) on a free port. As root it
+    runs as the ``postgres`` user (PostgreSQL refuses to run as root) in a directory of
+    its own under /tmp; :meth:`stop` and :meth:`start` keep its data."""
+
+    def __init__(self) -> None:
+        import pwd
+        import tempfile
+
+        if PG_CTL is None:
+            pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; "
+                        ".ci/run installs it)")
+        self.bin = Path(PG_CTL).resolve().parent
+        self.dir = Path(tempfile.mkdtemp(prefix="vkeys-pg-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root and there is no 'postgres' user to run "
+                            "PostgreSQL as")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        self.url = f"postgresql://vkeys@127.0.0.1:{self.port}/postgres"
+        subprocess.run([*self.as_user, str(self.bin / "initdb"), "-D", str(self.dir / "data"),
+                        "-A", "trust", "-U", "vkeys", "--no-sync"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.start()
+
+    def start(self) -> None:
+        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"),
+                        "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off", "-l", str(self.dir / "log"), "-w", "start"],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"),
+                        "-m", "fast", "-w", "stop"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -206,6 +206,12 @@ class VKeysGateway(LoggingConfigurable):
         "unix:///run/redis.sock; needs pip install 'jupyter-vkeys[scale]'). '' (the "
         "default) keeps them in this process only. Redis must persist (AOF).")).tag(
         config=True)
+    registry_url = Unicode("", help=(
+        "PostgreSQL holding the key registry, scope policies and admin audit shared by "
+        "every replica (postgresql://user:pass@host/db; needs pip install "
+        "'jupyter-vkeys[scale]'). Changes reach every replica through LISTEN/NOTIFY; "
+        "while it is unreachable calls fail closed (503). '' (the default): SQLite in "
+        "data_dir.")).tag(config=True)
     state_prefix = Unicode("{vkeys}:", help=(
         "Prefix of every key the gateway writes in Redis (one prefix per gateway "
         "deployment sharing a Redis; the braces keep all keys in one Redis Cluster "
@@ -297,6 +303,7 @@ class VKeysGateway(LoggingConfigurable):
         self.output_history = OutputHistory()
         self.lock: DataDirLock | None = None
         self.shared: SharedLedger | None = None  # set when state_url names one
+        self.registry_sync = None  # a state.registry_sync.RegistrySync with registry_url
         self.control = ControlPlane(self)
         from ..telemetry import Telemetry  # telemetry hook: metrics, access log, readiness
 
@@ -321,6 +328,12 @@ class VKeysGateway(LoggingConfigurable):
                     clamp_max_tokens=self.clamp_max_tokens, replica=self.replica_id,
                     prefix=self.state_prefix)
                 await self.shared.start()
+            if self.registry_url:
+                from ..state.registry_sync import RegistrySync
+
+                self.registry_sync = RegistrySync(self.registry_url, self.store, self.registry,
+                                                  self.policy, parse_policy)
+                await self.registry_sync.start()
         except BaseException:
             self._close_state()
             raise
@@ -328,7 +341,12 @@ class VKeysGateway(LoggingConfigurable):
     def _open(self, data: Path) -> None:
         """Everything :meth:`start` opens once it holds the data directory's lock."""
         pepper = os.environ.get("VKEYS_PEPPER") or _secret_file(data / "pepper")
-        self.store = Store(data / "registry.sqlite")
+        if self.registry_url:
+            from ..state.pg_store import PgStore
+
+            self.store = PgStore(self.registry_url)
+        else:
+            self.store = Store(data / "registry.sqlite")
         self.registry = KeyRegistry(self.store, pepper.encode(), clock=self.clock)
         self.policy = PolicyEngine(tz=ZoneInfo(self.timezone), clock=self.clock,
                                    clamp_max_tokens=self.clamp_max_tokens)
@@ -431,6 +449,8 @@ class VKeysGateway(LoggingConfigurable):
                 await transport.close()
             if self.shared is not None:
                 await self.shared.close()
+            if self.registry_sync is not None:
+                await self.registry_sync.close()
         finally:
             self._close_state()
 

@@ -113,6 +113,11 @@ def authenticate(gateway: VKeysGateway, token: str | None) -> KeyRecord:
     if gateway.registry is None:
         raise ApiError(503, "unavailable", "the gateway is starting; retry in a moment",
                        headers={"retry-after": "1"})
+    sync = gateway.registry_sync
+    if sync is not None and not sync.connected:
+        raise ApiError(503, "unavailable", "the gateway's shared key registry (PostgreSQL) is "
+                       "unreachable, so a revocation could not reach this replica; no call is "
+                       "admitted until it answers; retry shortly", headers={"retry-after": "1"})
     try:
         return gateway.registry.authenticate(token)
     except AuthError as exc:

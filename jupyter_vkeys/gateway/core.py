@@ -34,6 +34,7 @@ from ..providers.transport import HttpTransport, ProxySettings, Transport
 from ..registry import KeyRegistry
 from ..runtime import ControlPlane, DataDirLock, publish
 from ..state import SharedLedger, open_ledger
+from ..state.base import default_replica_id
 from ..store import Store
 from .cells import CellTracker
 from .dry_run import OutputHistory
@@ -331,8 +332,10 @@ class VKeysGateway(LoggingConfigurable):
             if self.registry_url:
                 from ..state.registry_sync import RegistrySync
 
+                replica = self.shared.replica if self.shared is not None else (
+                    self.replica_id or default_replica_id())
                 self.registry_sync = RegistrySync(self.registry_url, self.store, self.registry,
-                                                  self.policy, parse_policy)
+                                                  self.policy, parse_policy, replica)
                 await self.registry_sync.start()
         except BaseException:
             self._close_state()

@@ -8,13 +8,22 @@ call path pays one attribute test for this seam.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..policy.engine import Ticket
     from ..pricing import ModelRates
 
-__all__ = ["SharedLedger", "StateUnavailable"]
+__all__ = ["SharedLedger", "StateUnavailable", "default_replica_id"]
+
+
+def default_replica_id() -> str:
+    """``<host>-<pid>-<random>``: unique per process, readable in ``redis-cli`` and in
+    PostgreSQL's ``vkeys_replicas``; ``c.VKeysGateway.replica_id`` overrides it."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class StateUnavailable(Exception):
@@ -28,6 +37,8 @@ class StateUnavailable(Exception):
 
 class SharedLedger(Protocol):
     """Holds, settles, windows and concurrency shared by every replica of a gateway."""
+
+    replica: str  # this replica's name in the shared state
 
     async def start(self) -> None:
         """Begin the lease and background work; called once by ``VKeysGateway.start``.

@@ -11,6 +11,7 @@ vkeys_registry, '<kind>:<name>'`` (delivered to listeners only at commit), which
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
@@ -24,6 +25,8 @@ __all__ = ["PgStore", "CHANNEL"]
 log = logging.getLogger("jupyter_vkeys")
 
 CHANNEL = "vkeys_registry"
+# Seconds after which a replica that stopped reporting is not waited for.
+REPLICA_STALE = 6.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vkeys_keys (
@@ -47,6 +50,11 @@ CREATE TABLE IF NOT EXISTS vkeys_policies (
     scope TEXT PRIMARY KEY,
     policy TEXT NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vkeys_replicas (
+    replica TEXT PRIMARY KEY,
+    applied_seq BIGINT NOT NULL,
+    seen_at DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS vkeys_audit (
     seq BIGSERIAL PRIMARY KEY,
@@ -82,6 +90,10 @@ class PgStore:
             self.db.execute("SELECT pg_advisory_xact_lock(7244031)")
             self.db.execute(SCHEMA)
         self.on_audit: Callable[[dict[str, Any]], None] | None = None
+        # Set by RegistrySync: this replica's name (its own changes need no ack).
+        self.replica = ""
+        self.ack_timeout = 2.0
+        self.ack_waits: collections.deque[float] = collections.deque(maxlen=1000)
 
     @property
     def db(self):
@@ -117,8 +129,9 @@ class PgStore:
                             f"UPDATE SET {updates}", self._row(after))
             pending = self._audit(actor, action, f"key:{after.id}", public_view(before),
                                   public_view(after))
-            self._notify(f"key:{after.id}")
+            self._notify(f"key:{after.id}", pending["seq"])
         self._audited(pending)
+        self._await_replicas(pending["seq"])
 
     # -- policies --------------------------------------------------------------------
     def load_policies(self) -> dict[str, dict[str, Any]]:
@@ -146,8 +159,9 @@ class PgStore:
                     "updated_at = EXCLUDED.updated_at", (scope, json.dumps(after), time.time()))
             pending = self._audit(actor, "policy.delete" if after is None else "policy.set",
                                   scope, before, after)
-            self._notify(f"policy:{scope}")
+            self._notify(f"policy:{scope}", pending["seq"])
         self._audited(pending)
+        self._await_replicas(pending["seq"])
 
     # -- audit -----------------------------------------------------------------------
     def audit_rows(self, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
@@ -160,8 +174,55 @@ class PgStore:
                  "after": json.loads(r[6]) if r[6] else None} for r in rows]
 
     # -- internals -------------------------------------------------------------------
-    def _notify(self, payload: str) -> None:
-        self.db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{payload}|{time.time():.6f}"))
+    def _notify(self, payload: str, seq: int) -> None:
+        self.db.execute("SELECT pg_notify(%s, %s)",
+                        (CHANNEL, f"{payload}|{time.time():.6f}|{seq}"))
+
+    # -- replicas' acknowledgements ----------------------------------------------------
+    def max_seq(self) -> int:
+        """The newest audit sequence number (what a freshly loaded replica has applied)."""
+        return self.db.execute("SELECT coalesce(max(seq), 0) FROM vkeys_audit").fetchone()[0]
+
+    def replica_seen(self, replica: str, applied_seq: int | None = None) -> None:
+        """Record that ``replica`` is alive (and has applied changes up to ``applied_seq``);
+        called by :class:`.registry_sync.RegistrySync` on start, after each change it
+        applied, and every couple of seconds."""
+        if applied_seq is None:
+            self.db.execute("UPDATE vkeys_replicas SET seen_at = %s WHERE replica = %s",
+                            (time.time(), replica))
+        else:
+            self.db.execute(
+                "INSERT INTO vkeys_replicas (replica, applied_seq, seen_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (replica) DO UPDATE SET seen_at = EXCLUDED.seen_at, applied_seq = "
+                "greatest(vkeys_replicas.applied_seq, EXCLUDED.applied_seq)",
+                (replica, applied_seq, time.time()))
+
+    def replica_gone(self, replica: str) -> None:
+        """Forget ``replica`` (its clean shutdown)."""
+        self.db.execute("DELETE FROM vkeys_replicas WHERE replica = %s", (replica,))
+
+    def _await_replicas(self, seq: int) -> None:
+        """Return once every other live replica applied change ``seq`` (so a request sent
+        after the admin API answered meets the change on every replica), or after
+        ``ack_timeout`` s, naming the replicas that did not answer. Replicas not seen for
+        :data:`REPLICA_STALE` s are dead and not waited for; a live replica cut off from
+        PostgreSQL refuses calls itself."""
+        started = time.monotonic()
+        deadline = started + self.ack_timeout
+        pause = 0.0005
+        while True:
+            behind = [r for (r,) in self.db.execute(
+                "SELECT replica FROM vkeys_replicas WHERE replica <> %s AND applied_seq < %s "
+                "AND seen_at > %s", (self.replica, seq, time.time() - REPLICA_STALE))]
+            if not behind:
+                self.ack_waits.append(time.monotonic() - started)
+                return
+            if time.monotonic() >= deadline:
+                log.warning("jupyter-vkeys: registry change %d not acknowledged within %.1f s "
+                            "by replicas %s", seq, self.ack_timeout, ", ".join(behind))
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
 
     def _audit(self, actor: str, action: str, target: str, before: Any,
                after: Any) -> dict[str, Any]:

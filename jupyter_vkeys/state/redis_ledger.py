@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
-import socket
 import time
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Any
@@ -28,7 +26,7 @@ from ..policy.engine import Refusal, _duration
 from ..policy.spec import PERIODS
 from ..policy.windows import FOREVER, iso, window
 from . import scripts
-from .base import StateUnavailable
+from .base import StateUnavailable, default_replica_id
 
 if TYPE_CHECKING:
     from ..policy.engine import Ticket
@@ -48,11 +46,6 @@ _SETTLE_BATCH = 256
 def _limbs(pico: int) -> tuple[int, int]:
     """``(whole USD, pico-USD below a dollar)``: how the Lua side keeps money exact."""
     return divmod(pico, E12)
-
-
-def default_replica_id() -> str:
-    """``<host>-<pid>-<random>``: unique per process, readable in ``redis-cli``."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class _Plan:

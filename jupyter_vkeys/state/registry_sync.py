@@ -39,8 +39,10 @@ class RegistrySync:
     """Applies other replicas' registry changes to this one."""
 
     def __init__(self, url: str, store: PgStore, registry: KeyRegistry, policy: PolicyEngine,
-                 parse_policy: Callable[[dict[str, Any]], Any]) -> None:
+                 parse_policy: Callable[[dict[str, Any]], Any], replica: str) -> None:
         self.url = url
+        self.replica = replica
+        store.replica = replica
         self.store = store
         self.registry = registry
         self.policy = policy
@@ -49,12 +51,14 @@ class RegistrySync:
         self.applied = 0
         self.lag: collections.deque[float] = collections.deque(maxlen=1000)
         self._task: asyncio.Task | None = None
+        self._beat: asyncio.Task | None = None
         self._listening = asyncio.Event()
 
     async def start(self, wait: float = 10.0) -> None:
         """Start listening; waits (at most ``wait`` s) until the first LISTEN is in place,
         so no change committed after start-up can be missed."""
         self._task = asyncio.ensure_future(self._run())
+        self._beat = asyncio.ensure_future(self._heartbeat())
         try:
             await asyncio.wait_for(self._listening.wait(), wait)
         except asyncio.TimeoutError:
@@ -63,12 +67,27 @@ class RegistrySync:
 
     async def close(self) -> None:
         """Stop listening (gateway shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        for task in (self._task, self._beat):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        try:
+            self.store.replica_gone(self.replica)
+        except Exception:  # PostgreSQL gone: the row goes stale and is ignored
+            pass
+
+    async def _heartbeat(self) -> None:
+        """Tell writers this replica is alive (so they wait for its acknowledgements)."""
+        while True:
+            await asyncio.sleep(2.0)
+            if self.connected:
+                try:
+                    self.store.replica_seen(self.replica)
+                except Exception:
+                    log.warning("jupyter-vkeys: registry heartbeat failed")
 
     async def _run(self) -> None:
         import psycopg
@@ -85,8 +104,10 @@ class RegistrySync:
                 continue
             try:
                 await conn.execute(f"LISTEN {CHANNEL}")
+                seq = self.store.max_seq()
                 if not first:
                     self.reload_all()  # what was notified while nobody listened
+                self.store.replica_seen(self.replica, seq)
                 first, backoff = False, 0.1
                 self.connected = True
                 self._listening.set()
@@ -108,8 +129,9 @@ class RegistrySync:
         self.connected = False
 
     def apply(self, payload: str) -> None:
-        """Install the row named by one notification (``kind:name|sent``)."""
-        what, _, sent = payload.rpartition("|")
+        """Install the row named by one notification (``kind:name|sent|seq``), then
+        acknowledge it (the writer waits for every replica's acknowledgement)."""
+        what, sent, seq = payload.rsplit("|", 2)
         kind, _, name = what.partition(":")
         try:
             if kind == "key":
@@ -126,8 +148,11 @@ class RegistrySync:
         self.applied += 1
         try:
             self.lag.append(max(time.time() - float(sent), 0.0))
+            self.store.replica_seen(self.replica, int(seq))
         except ValueError:
             pass
+        except Exception:
+            log.warning("jupyter-vkeys: acknowledging registry change %s failed", seq)
 
     def reload_all(self) -> None:
         """Replace every key and scope policy with what PostgreSQL holds now."""

@@ -80,14 +80,14 @@ class _Plan:
                 start, end = windows[period]
                 key = f"{prefix}b:{name}:{period}:{int(start)}"
                 expire_at = 0 if end == FOREVER else int(end) + _WINDOW_MARGIN
-                spend.append([key, expire_at])
+                spend.append(f"{key}@{expire_at}")
                 budget = capped.get(period)
                 if budget is not None:
                     budgets.append([key, *_limbs(budget.pico), expire_at])
                     self.budgets.append((name, budget, end))
         self.only_rpm = not (concurrency or tpm or budgets)
         self.payload = orjson.dumps({"c": concurrency, "r": rpm, "t": tpm, "b": budgets,
-                                     "s": spend})
+                                     "s": " ".join(spend)})
 
 
 class RedisLedger:

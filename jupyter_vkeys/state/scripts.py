@@ -39,10 +39,18 @@ local function get2(key, f)
   local v = redis.call('HMGET', key, f .. 'u', f .. 'p')
   return tonumber(v[1] or 0) or 0, tonumber(v[2] or 0) or 0
 end
+-- Add (du, dp) to a two-limb field with HINCRBY (exact int64 in Redis); carry when
+-- the pico limb leaves [0, E). Returns the new pico limb.
 local function add2(key, f, du, dp)
-  local u, p = get2(key, f)
-  u, p = norm(u + du, p + dp)
-  redis.call('HSET', key, f .. 'u', s(u), f .. 'p', s(p))
+  local p = redis.call('HINCRBY', key, f .. 'p', s(dp))
+  if du ~= 0 then redis.call('HINCRBY', key, f .. 'u', s(du)) end
+  if p >= E or p < 0 then
+    local c = math.floor(p / E)
+    redis.call('HINCRBY', key, f .. 'p', s(-c * E))
+    redis.call('HINCRBY', key, f .. 'u', s(c))
+    p = p - c * E
+  end
+  return p
 end
 local function words(text)
   local out = {}
@@ -59,7 +67,11 @@ local function settle_one(rid, cu, cp, tokens)
   local hu, hp = tonumber(h[1]), tonumber(h[2])
   for _, key in ipairs(words(h[3])) do add2(key, 'h', -hu, -hp) end
   if cu > 0 or cp > 0 then
-    for _, key in ipairs(words(h[4])) do add2(key, 's', cu, cp) end
+    for _, entry in ipairs(words(h[4])) do
+      local key, expire = string.match(entry, '^(.*)@(%d+)$')
+      local p = add2(key, 's', cu, cp)
+      if expire ~= '0' and p == cp then redis.call('EXPIREAT', key, expire) end
+    end
   end
   for _, key in ipairs(words(h[5])) do redis.call('DECR', key) end
   if tokens == nil then tokens = tonumber(h[7]) end
@@ -94,7 +106,8 @@ end
 
 # ARGV: prefix, request id, replica, lease ms, epoch, hold u, hold p, token need, plan
 # (JSON: c = [[key, limit]], r/t = [[key, limit]], b = [[key, cap u, cap p, expire at]],
-# s = [[key, expire at]]; expire at 0 = never).
+# s = "key@expire key@expire ...", every window of every scope, spend is added there at
+# settlement; expire at 0 = never).
 # Returns {0} admitted, {1} already admitted (a retry), {-9} ledger reset, or a refusal:
 # {2, i, in flight} concurrency, {3, i, used, wait ms} RPM, {4, i, used, wait ms} TPM,
 # {5, i, spent u, spent p, held u, held p} budget (i = 1-based index in its list).
@@ -134,7 +147,7 @@ for i, b in ipairs(plan.b) do
   if nu > b[2] or (nu == b[2] and np > b[3]) then return {5, i, su, sp, du, dp} end
 end
 -- every check passed: reserve everywhere
-local ck, tk, bk, sk = {}, {}, {}, {}
+local ck, tk, bk = {}, {}, {}
 for _, c in ipairs(plan.c) do redis.call('INCR', c[1]); ck[#ck + 1] = c[1] end
 for _, r in ipairs(plan.r) do
   redis.call('HINCRBY', r[1], s(stamp), 1); redis.call('EXPIRE', r[1], 62)
@@ -147,14 +160,8 @@ for _, b in ipairs(plan.b) do
   add2(b[1], 'h', hu, hp); bk[#bk + 1] = b[1]
   if b[4] > 0 then redis.call('EXPIREAT', b[1], s(b[4])) end
 end
-for _, e in ipairs(plan.s) do
-  sk[#sk + 1] = e[1]
-  if e[2] > 0 and redis.call('EXISTS', e[1]) == 0 then
-    redis.call('HSET', e[1], 'su', '0', 'sp', '0'); redis.call('EXPIREAT', e[1], s(e[2]))
-  end
-end
 redis.call('HSET', hkey, 'hu', s(hu), 'hp', s(hp), 'bk', table.concat(bk, ' '),
-           'sk', table.concat(sk, ' '), 'ck', table.concat(ck, ' '),
+           'sk', plan.s, 'ck', table.concat(ck, ' '),
            'tk', table.concat(tk, ' '), 'tn', s(need), 'rep', rep)
 redis.call('SADD', P .. 'rh:' .. rep, rid)
 redis.call('SADD', P .. 'replicas', rep)

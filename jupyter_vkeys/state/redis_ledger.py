@@ -13,6 +13,7 @@ See :mod:`jupyter_vkeys.state` for why N replicas cannot overspend.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
@@ -86,8 +87,10 @@ class _Plan:
                     budgets.append([key, *_limbs(budget.pico), expire_at])
                     self.budgets.append((name, budget, end))
         self.only_rpm = not (concurrency or tpm or budgets)
+        windows_text = " ".join(spend)
+        path_id = hashlib.blake2b(windows_text.encode(), digest_size=12).hexdigest()
         self.payload = orjson.dumps({"c": concurrency, "r": rpm, "t": tpm, "b": budgets,
-                                     "s": " ".join(spend)})
+                                     "s": windows_text, "p": path_id})
 
 
 class RedisLedger:

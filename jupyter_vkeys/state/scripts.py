@@ -17,6 +17,7 @@ Redis Cluster hash tag, so every key lives in one slot):
 - ``P c:<scope>``                          calls in flight (integer)
 - ``P r:<scope>`` / ``P t:<scope>``        RPM / TPM buckets: field = second, value = amount
 - ``P h:<request id>``                     the open hold of one call (what settle undoes)
+- ``P p:<path id>``                        the spend windows of one scope path
 - ``P rh:<replica>``                       request ids a replica holds open
 - ``P alive:<replica>``                    the replica's lease (expires if it dies)
 - ``P replicas``                           replicas that may hold something
@@ -57,21 +58,19 @@ local function words(text)
   for w in string.gmatch(text or '', '%S+') do out[#out + 1] = w end
   return out
 end
--- Undo one open hold: release holds, add the cost as spend, free the slots, correct
--- the token reservation. Returns 0 when the hold is not open (already settled or
--- reaped): that is what makes a retried settle harmless.
-local function settle_one(rid, cu, cp, tokens)
+-- Undo one open hold: release holds, note the cost as spend (in acc, per scope path;
+-- spend_all adds it before the script ends, so it is atomic with the rest), free the
+-- slots, correct the token reservation. Returns 0 when the hold is not open (already
+-- settled or reaped): that is what makes a retried settle harmless.
+local function settle_one(rid, cu, cp, tokens, acc)
   local hkey = P .. 'h:' .. rid
   local h = redis.call('HMGET', hkey, 'hu', 'hp', 'bk', 'sk', 'ck', 'tk', 'tn', 'rep')
   if not h[1] then return 0 end
   local hu, hp = tonumber(h[1]), tonumber(h[2])
   for _, key in ipairs(words(h[3])) do add2(key, 'h', -hu, -hp) end
   if cu > 0 or cp > 0 then
-    for _, entry in ipairs(words(h[4])) do
-      local key, expire = string.match(entry, '^(.*)@(%d+)$')
-      local p = add2(key, 's', cu, cp)
-      if expire ~= '0' and p == cp then redis.call('EXPIREAT', key, expire) end
-    end
+    local a = acc[h[4]]
+    if a == nil then acc[h[4]] = {cu, cp} else a[1] = a[1] + cu; a[2] = a[2] + cp end
   end
   for _, key in ipairs(words(h[5])) do redis.call('DECR', key) end
   if tokens == nil then tokens = tonumber(h[7]) end
@@ -85,6 +84,19 @@ local function settle_one(rid, cu, cp, tokens)
   redis.call('DEL', hkey)
   redis.call('SREM', P .. 'rh:' .. h[8], rid)
   return 1
+end
+-- Add the spend noted by settle_one to every window of every scope of each path
+-- (one addition per window per script, however many calls of that path it settled).
+local function spend_all(acc)
+  for path, a in pairs(acc) do
+    local list = redis.call('GET', P .. 'p:' .. path)
+    local u, p = norm(a[1], a[2])
+    for _, entry in ipairs(words(list)) do
+      local key, expire = string.match(entry, '^(.*)@(%d+)$')
+      add2(key, 's', u, p)
+      if expire ~= '0' then redis.call('EXPIREAT', key, expire) end
+    end
+  end
 end
 -- Sum of a bucket hash's amounts newer than horizon (dropping older buckets) and the
 -- oldest remaining bucket's second.
@@ -106,8 +118,8 @@ end
 
 # ARGV: prefix, request id, replica, lease ms, epoch, hold u, hold p, token need, plan
 # (JSON: c = [[key, limit]], r/t = [[key, limit]], b = [[key, cap u, cap p, expire at]],
-# s = "key@expire key@expire ...", every window of every scope, spend is added there at
-# settlement; expire at 0 = never).
+# s = "key@expire key@expire ...", every window of every scope, where settlement adds
+# the spend; expire at 0 = never; p = a name for s, stored as P p:<p> for settlement).
 # Returns {0} admitted, {1} already admitted (a retry), {-9} ledger reset, or a refusal:
 # {2, i, in flight} concurrency, {3, i, used, wait ms} RPM, {4, i, used, wait ms} TPM,
 # {5, i, spent u, spent p, held u, held p} budget (i = 1-based index in its list).
@@ -161,8 +173,9 @@ for _, b in ipairs(plan.b) do
   if b[4] > 0 then redis.call('EXPIREAT', b[1], s(b[4])) end
 end
 redis.call('HSET', hkey, 'hu', s(hu), 'hp', s(hp), 'bk', table.concat(bk, ' '),
-           'sk', plan.s, 'ck', table.concat(ck, ' '),
+           'sk', plan.p, 'ck', table.concat(ck, ' '),
            'tk', table.concat(tk, ' '), 'tn', s(need), 'rep', rep)
+redis.call('SET', P .. 'p:' .. plan.p, plan.s, 'EX', 3000000)
 redis.call('SADD', P .. 'rh:' .. rep, rid)
 redis.call('SADD', P .. 'replicas', rep)
 redis.call('SET', P .. 'alive:' .. rep, '1', 'PX', lease)
@@ -172,11 +185,12 @@ return {0}
 # ARGV: prefix, then groups of four: request id, cost u, cost p, tokens.
 # Returns how many holds were open (and are now settled).
 SETTLE = _PRELUDE + r"""
-local done = 0
+local done, acc = 0, {}
 for i = 2, #ARGV, 4 do
   done = done + settle_one(ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
-                           tonumber(ARGV[i + 3]))
+                           tonumber(ARGV[i + 3]), acc)
 end
+spend_all(acc)
 return done
 """
 
@@ -188,14 +202,14 @@ REAP = _PRELUDE + r"""
 local me, lease = ARGV[2], tonumber(ARGV[3])
 redis.call('SET', P .. 'alive:' .. me, '1', 'PX', lease)
 redis.call('SADD', P .. 'replicas', me)
-local charged = 0
+local charged, acc = 0, {}
 for _, rep in ipairs(redis.call('SMEMBERS', P .. 'replicas')) do
   if redis.call('EXISTS', P .. 'alive:' .. rep) == 0 then
     for _, rid in ipairs(redis.call('SMEMBERS', P .. 'rh:' .. rep)) do
       local h = redis.call('HMGET', P .. 'h:' .. rid, 'hu', 'hp')
       if h[1] then
         local hu, hp = tonumber(h[1]), tonumber(h[2])
-        charged = charged + settle_one(rid, hu, hp, nil)
+        charged = charged + settle_one(rid, hu, hp, nil, acc)
         redis.call('HINCRBY', P .. 'lost', 'count', 1)
         add2(P .. 'lost', '', hu, hp)
       end
@@ -204,6 +218,7 @@ for _, rep in ipairs(redis.call('SMEMBERS', P .. 'replicas')) do
     redis.call('SREM', P .. 'replicas', rep)
   end
 end
+spend_all(acc)
 return charged
 """
 

@@ -317,6 +317,12 @@ def test_redis_down_fails_closed_in_both_dialects_and_recovers(tmp_path, redis_s
     body = an_err.value.response.json()
     assert body["type"] == "error" and "unreachable" in body["error"]["message"]
 
+    import urllib.error
+    import urllib.request
+    with pytest.raises(urllib.error.HTTPError) as ready:
+        urllib.request.urlopen(replica.url + "/api/ready", timeout=10)
+    assert ready.value.code == 503 and "shared_state" in ready.value.read().decode()
+
     redis_server.start()
     deadline = time.monotonic() + 10
     while True:

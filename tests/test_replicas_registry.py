@@ -121,3 +121,13 @@ def test_postgres_down_fails_closed_and_recovers(cluster):
     status, _ = admin(replicas[2], "POST", f"/keys/{key_id}/revoke", {})
     assert status == 200
     assert call(replicas[1], key) == 401
+
+
+def test_a_replica_with_another_pepper_refuses_to_start(cluster, tmp_path):
+    """Keys hashed with one pepper never authenticate under another: such a replica
+    says so and exits instead of answering 401 to every key."""
+    replicas, pg = cluster
+    with pytest.raises(RuntimeError) as err:
+        Replica(tmp_path / "odd", "", registry_url=pg.url,
+                env={**ENV, "VKEYS_PEPPER": "another-pepper-entirely-0123456789"})
+    assert "VKEYS_PEPPER" in str(err.value)

@@ -348,6 +348,7 @@ class VKeysGateway(LoggingConfigurable):
             from ..state.pg_store import PgStore
 
             self.store = PgStore(self.registry_url)
+            self.store.check_pepper(pepper.encode())
         else:
             self.store = Store(data / "registry.sqlite")
         self.registry = KeyRegistry(self.store, pepper.encode(), clock=self.clock)

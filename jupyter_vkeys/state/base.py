@@ -39,6 +39,8 @@ class SharedLedger(Protocol):
     """Holds, settles, windows and concurrency shared by every replica of a gateway."""
 
     replica: str  # this replica's name in the shared state
+    reachable: bool  # whether the last round trip to the backend succeeded
+    where: str  # the backend's address without credentials, for messages
 
     async def start(self) -> None:
         """Begin the lease and background work; called once by ``VKeysGateway.start``.

@@ -12,6 +12,7 @@ vkeys_registry, '<kind>:<name>'`` (delivered to listeners only at commit), which
 from __future__ import annotations
 
 import collections
+import hmac
 import json
 import logging
 import time
@@ -50,6 +51,10 @@ CREATE TABLE IF NOT EXISTS vkeys_policies (
     scope TEXT PRIMARY KEY,
     policy TEXT NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vkeys_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS vkeys_replicas (
     replica TEXT PRIMARY KEY,
@@ -107,6 +112,21 @@ class PgStore:
     def close(self) -> None:
         """Close the connection; called by the gateway's shutdown."""
         self._db.close()
+
+    def check_pepper(self, pepper: bytes) -> None:
+        """Refuse to serve with a pepper other than the registry's (keys made on another
+        replica would never authenticate here). Called by ``VKeysGateway.start``; the
+        first replica records a keyed fingerprint, never the pepper."""
+        fingerprint = hmac.new(pepper, b"jupyter-vkeys pepper check", "sha256").hexdigest()
+        db = self.db
+        db.execute("INSERT INTO vkeys_meta (name, value) VALUES ('pepper_check', %s) "
+                   "ON CONFLICT (name) DO NOTHING", (fingerprint,))
+        (saved,) = db.execute("SELECT value FROM vkeys_meta WHERE name = 'pepper_check'"
+                              ).fetchone()
+        if not hmac.compare_digest(saved, fingerprint):
+            raise ValueError("this replica's key pepper differs from the one the shared "
+                             "registry's keys were made with; set the same VKEYS_PEPPER on "
+                             "every replica")
 
     # -- keys ------------------------------------------------------------------------
     def load_keys(self) -> list[KeyRecord]:

@@ -132,6 +132,12 @@ class RedisLedger:
         self.reaped = 0  # holds this replica charged for dead replicas (for tests, metrics)
 
     @property
+    def reachable(self) -> bool:
+        """False from a failed Redis round trip until the next one that succeeds (the
+        lease loop tries every lease/3 s); read by the readiness probe."""
+        return self._down_since is None and self.epoch is not None
+
+    @property
     def where(self) -> str:
         """The URL without credentials, for messages."""
         rest = self.url.split("://", 1)[-1].rsplit("@", 1)[-1]

@@ -187,6 +187,12 @@ class VKeysGateway(LoggingConfigurable):
                                 "(off: events are kept in memory only).").tag(config=True)
     warehouse_dir = Unicode(help="Root of the warehouse (journal/, events/, audit/). Default: "
                                  "<data_dir>/warehouse.").tag(config=True)
+    warehouse_url = Unicode("", help=(
+        "Also keep the warehouse in S3-compatible object storage: s3://bucket/prefix. Each "
+        "replica's writer copies its Parquet files there under the same hive layout "
+        "(<dataset>/date=<day>/<replica>-<file>); readers take the URL where they take a "
+        "directory. Endpoint and credentials: AWS_ENDPOINT_URL (or VKEYS_S3_ENDPOINT), "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.")).tag(config=True)
     roll_seconds = Float(10.0, help="Seconds after which the open journal segment is rolled "
                                     "into Parquet (freshness of the Parquet files).").tag(
         config=True)
@@ -326,14 +332,14 @@ class VKeysGateway(LoggingConfigurable):
                 self.shared = open_ledger(
                     self.state_url, tz=ZoneInfo(self.timezone), lease=self.state_lease_seconds,
                     timeout=self.state_timeout, fail_open_rate=self.state_fail_open_rate,
-                    clamp_max_tokens=self.clamp_max_tokens, replica=self.replica_id,
+                    clamp_max_tokens=self.clamp_max_tokens,
+                    replica=self.replica_id or self._replica_name(),
                     prefix=self.state_prefix)
                 await self.shared.start()
             if self.registry_url:
                 from ..state.registry_sync import RegistrySync
 
-                replica = self.shared.replica if self.shared is not None else (
-                    self.replica_id or default_replica_id())
+                replica = self.replica_id or self._replica_name()
                 self.registry_sync = RegistrySync(self.registry_url, self.store, self.registry,
                                                   self.policy, parse_policy, replica)
                 await self.registry_sync.start()
@@ -389,7 +395,8 @@ class VKeysGateway(LoggingConfigurable):
         sink = WarehouseSink(root, roll_seconds=self.roll_seconds,
                              fsync_interval=self.fsync_interval,
                              hash_notebook_paths=self.hash_notebook_paths,
-                             retention_days=self.retention_days)
+                             retention_days=self.retention_days, bucket=self.warehouse_url,
+                             replica=self.replica_id or self._replica_name())
         restored = 0
         starts = self.policy.window_starts()
         for path in sink.open(starts):
@@ -408,6 +415,12 @@ class VKeysGateway(LoggingConfigurable):
         self.sink = sink
         self.output_history = OutputHistory(sink.typical_output)
         self.store.on_audit = sink.audit
+
+    def _replica_name(self) -> str:
+        """This process's replica name (chosen once; also the shared ledger's)."""
+        if not getattr(self, "_replica", ""):
+            self._replica = default_replica_id()
+        return self._replica
 
     def _open_transports(self) -> None:
         real = [p for p in self.provider_configs.values() if p.kind != "fake" and p.has_credentials]

@@ -220,9 +220,9 @@ class VKeysGateway(LoggingConfigurable):
         "while it is unreachable calls fail closed (503). '' (the default): SQLite in "
         "data_dir.")).tag(config=True)
     state_prefix = Unicode("{vkeys}:", help=(
-        "Prefix of every key the gateway writes in Redis (one prefix per gateway "
-        "deployment sharing a Redis; the braces keep all keys in one Redis Cluster "
-        "slot).")).tag(config=True)
+        "Prefix of every key the gateway writes in Redis: one prefix per gateway "
+        "deployment sharing a Redis; every replica of one deployment uses the same.")).tag(
+        config=True)
     state_timeout = Float(1.0, help=(
         "Seconds a call waits for the shared state before it is refused with 503 "
         "(fail closed).")).tag(config=True)

@@ -26,8 +26,10 @@ __all__ = ["PgStore", "CHANNEL"]
 log = logging.getLogger("jupyter_vkeys")
 
 CHANNEL = "vkeys_registry"
-# Seconds after which a replica that stopped reporting is not waited for.
-REPLICA_STALE = 6.0
+# Seconds after which a replica that stopped reporting (every HEARTBEAT s) is not waited
+# for: a replica killed less than this ago delays an admin change by up to ack_timeout.
+HEARTBEAT = 1.0
+REPLICA_STALE = 3.5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vkeys_keys (
@@ -97,7 +99,7 @@ class PgStore:
         self.on_audit: Callable[[dict[str, Any]], None] | None = None
         # Set by RegistrySync: this replica's name (its own changes need no ack).
         self.replica = ""
-        self.ack_timeout = 2.0
+        self.ack_timeout = 1.0
         self.ack_waits: collections.deque[float] = collections.deque(maxlen=1000)
 
     @property
@@ -226,7 +228,11 @@ class PgStore:
         after the admin API answered meets the change on every replica), or after
         ``ack_timeout`` s, naming the replicas that did not answer. Replicas not seen for
         :data:`REPLICA_STALE` s are dead and not waited for; a live replica cut off from
-        PostgreSQL refuses calls itself."""
+        PostgreSQL refuses calls itself.
+
+        The wait is synchronous, on the writing replica's loop (admin operations are
+        synchronous calls): usually a few milliseconds; up to ``ack_timeout`` when a
+        replica died in the last :data:`REPLICA_STALE` seconds."""
         started = time.monotonic()
         deadline = started + self.ack_timeout
         pause = 0.0005

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from .pg_store import CHANNEL, PgStore
+from .pg_store import CHANNEL, HEARTBEAT, PgStore
 
 if TYPE_CHECKING:
     from ..policy import PolicyEngine
@@ -82,7 +82,7 @@ class RegistrySync:
     async def _heartbeat(self) -> None:
         """Tell writers this replica is alive (so they wait for its acknowledgements)."""
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(HEARTBEAT)
             if self.connected:
                 try:
                     self.store.replica_seen(self.replica)

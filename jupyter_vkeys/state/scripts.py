@@ -10,8 +10,8 @@ pico-USD), so every amount travels and is stored as two limbs, whole USD ``u`` a
 pico-USD below one dollar ``p`` (``0 <= p < 10^12``), compared and added limb by limb.
 Token and request counts are small integers and stay plain numbers.
 
-Key layout (``P`` is the configured prefix, ``{vkeys}:`` by default; the braces are a
-Redis Cluster hash tag, so every key lives in one slot):
+Key layout (``P`` is the configured prefix, ``{vkeys}:`` by default). The scripts name
+keys at run time, so they need one Redis/Valkey primary (not Redis Cluster):
 
 - ``P b:<scope>:<period>:<window start>``  hash ``su sp hu hp``: spent and held
 - ``P c:<scope>``                          calls in flight (integer)

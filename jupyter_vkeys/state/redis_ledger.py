@@ -42,6 +42,7 @@ E12 = 10**12
 # settles into the window it was admitted in.
 _WINDOW_MARGIN = 86400
 _SETTLE_BATCH = 256
+_MAX_PLANS = 10000  # cached scope-path plans (one per key seen)
 
 
 def _limbs(pico: int) -> tuple[int, int]:
@@ -232,6 +233,8 @@ class RedisLedger:
 
     # -- the call path ----------------------------------------------------------------
     def _plan(self, ticket: Ticket) -> _Plan:
+        """The shared checks of ``ticket``'s scope path, cached per key until its path
+        changes (a policy or key change) or its earliest budget window ends."""
         admission = ticket.admission
         record = admission.record
         cached = self._plans.get(record.id)
@@ -240,6 +243,8 @@ class RedisLedger:
                 and ticket.started < cached[2]):
             return cached[3]
         plan = _Plan(self.prefix, path, ticket.started, self.tz)
+        if len(self._plans) >= _MAX_PLANS:  # per-kernel keys come and go
+            self._plans.clear()
         self._plans[record.id] = (path, len(path), plan.expires, plan)
         return plan
 

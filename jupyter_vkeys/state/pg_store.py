@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS vkeys_meta (
 CREATE TABLE IF NOT EXISTS vkeys_replicas (
     replica TEXT PRIMARY KEY,
     applied_seq BIGINT NOT NULL,
-    seen_at DOUBLE PRECISION NOT NULL
+    seen_at DOUBLE PRECISION NOT NULL,
+    listener_pid INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS vkeys_audit (
     seq BIGSERIAL PRIMARY KEY,
@@ -205,19 +206,25 @@ class PgStore:
         """The newest audit sequence number (what a freshly loaded replica has applied)."""
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM vkeys_audit").fetchone()[0]
 
-    def replica_seen(self, replica: str, applied_seq: int | None = None) -> None:
+    def replica_seen(self, replica: str, applied_seq: int | None = None,
+                     listener_pid: int | None = None) -> None:
         """Record that ``replica`` is alive (and has applied changes up to ``applied_seq``);
-        called by :class:`.registry_sync.RegistrySync` on start, after each change it
-        applied, and every couple of seconds."""
+        called by :class:`.registry_sync.RegistrySync` when it starts listening (with
+        the server pid of its listening session), after each change it applied, and
+        every :data:`HEARTBEAT` seconds."""
         if applied_seq is None:
             self.db.execute("UPDATE vkeys_replicas SET seen_at = %s WHERE replica = %s",
                             (time.time(), replica))
+        elif listener_pid is not None:
+            self.db.execute(
+                "INSERT INTO vkeys_replicas (replica, applied_seq, seen_at, listener_pid) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (replica) DO UPDATE SET seen_at = "
+                "EXCLUDED.seen_at, applied_seq = EXCLUDED.applied_seq, listener_pid = "
+                "EXCLUDED.listener_pid", (replica, applied_seq, time.time(), listener_pid))
         else:
             self.db.execute(
-                "INSERT INTO vkeys_replicas (replica, applied_seq, seen_at) VALUES (%s, %s, %s) "
-                "ON CONFLICT (replica) DO UPDATE SET seen_at = EXCLUDED.seen_at, applied_seq = "
-                "greatest(vkeys_replicas.applied_seq, EXCLUDED.applied_seq)",
-                (replica, applied_seq, time.time()))
+                "UPDATE vkeys_replicas SET seen_at = %s, applied_seq = greatest(applied_seq, %s) "
+                "WHERE replica = %s", (time.time(), applied_seq, replica))
 
     def replica_gone(self, replica: str) -> None:
         """Forget ``replica`` (its clean shutdown)."""
@@ -226,20 +233,23 @@ class PgStore:
     def _await_replicas(self, seq: int) -> None:
         """Return once every other live replica applied change ``seq`` (so a request sent
         after the admin API answered meets the change on every replica), or after
-        ``ack_timeout`` s, naming the replicas that did not answer. Replicas not seen for
-        :data:`REPLICA_STALE` s are dead and not waited for; a live replica cut off from
-        PostgreSQL refuses calls itself.
+        ``ack_timeout`` s, naming the replicas that did not answer. A replica counts as
+        live while its listening session is (PostgreSQL ends the session as soon as the
+        replica's process dies and its socket closes) and it reported in the last
+        :data:`REPLICA_STALE` s; a live replica cut off from PostgreSQL refuses calls
+        itself.
 
         The wait is synchronous, on the writing replica's loop (admin operations are
-        synchronous calls): usually a few milliseconds; up to ``ack_timeout`` when a
-        replica died in the last :data:`REPLICA_STALE` seconds."""
+        synchronous calls): a few milliseconds as measured; up to ``ack_timeout`` only
+        when a replica hangs with its session open."""
         started = time.monotonic()
         deadline = started + self.ack_timeout
         pause = 0.0005
         while True:
             behind = [r for (r,) in self.db.execute(
                 "SELECT replica FROM vkeys_replicas WHERE replica <> %s AND applied_seq < %s "
-                "AND seen_at > %s", (self.replica, seq, time.time() - REPLICA_STALE))]
+                "AND seen_at > %s AND listener_pid IN (SELECT pid FROM pg_stat_activity)",
+                (self.replica, seq, time.time() - REPLICA_STALE))]
             if not behind:
                 self.ack_waits.append(time.monotonic() - started)
                 return

@@ -104,10 +104,12 @@ class RegistrySync:
                 continue
             try:
                 await conn.execute(f"LISTEN {CHANNEL}")
+                cursor = await conn.execute("SELECT pg_backend_pid()")
+                (listener_pid,) = await cursor.fetchone()
                 seq = self.store.max_seq()
                 if not first:
                     self.reload_all()  # what was notified while nobody listened
-                self.store.replica_seen(self.replica, seq)
+                self.store.replica_seen(self.replica, seq, listener_pid)
                 first, backoff = False, 0.1
                 self.connected = True
                 self._listening.set()

@@ -47,6 +47,10 @@ def build_gateway(args: argparse.Namespace):
         config.VKeysGateway.data_dir = args.data_dir
     if getattr(args, "fake", False):
         config.VKeysGateway.fake_mode = "always"
+    if getattr(args, "state_url", None):
+        config.VKeysGateway.state_url = args.state_url
+    if getattr(args, "registry_url", None):
+        config.VKeysGateway.registry_url = args.registry_url
     serving_defaults(config, getattr(args, "log_level", "WARNING"))
     return VKeysGateway(config=config)
 
@@ -484,6 +488,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="gateway data directory (default: "
                                            "<jupyter data dir>/vkeys or $VKEYS_DATA_DIR)")
     parser.add_argument("--config", help="config file (.py with c.VKeysGateway.* or .json)")
+    parser.add_argument("--registry-url", help="key registry shared by replicas on PostgreSQL "
+                        "(c.VKeysGateway.registry_url), e.g. postgresql://vkeys@db/vkeys")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -497,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     serve.add_argument("--fake", action="store_true", help="answer every model from the "
                                                            "offline fake provider")
+    serve.add_argument("--state-url", help="share budgets and limits with other replicas "
+                       "through this Redis/Valkey (c.VKeysGateway.state_url), e.g. "
+                       "redis://redis:6379/0")
     serve.add_argument("--no-uvloop", action="store_true", help="use asyncio's default loop")
     serve.add_argument("--server", choices=("lean", "tornado"), default="lean", help=(
         "HTTP front: lean answers data-plane calls on httptools and passes the other routes "

@@ -45,6 +45,8 @@ def has_events(path: str | os.PathLike | None) -> bool:
     """True when ``path`` holds at least one event file (Parquet or journal segment).
     Notebooks call it to decide between the real warehouse and simulated data."""
     root = resolve(path)
+    if readers.is_object_url(root):
+        return bool(readers.list_parquet(root, "events")[1])
     return any((root / "events").glob("date=*/*.parquet")) or any(
         (root / "journal").glob("events-*"))
 

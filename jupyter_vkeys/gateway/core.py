@@ -33,6 +33,8 @@ from ..providers.scrub import Scrubber
 from ..providers.transport import HttpTransport, ProxySettings, Transport
 from ..registry import KeyRegistry
 from ..runtime import ControlPlane, DataDirLock, publish
+from ..state import SharedLedger, open_ledger
+from ..state.base import default_replica_id
 from ..store import Store
 from .cells import CellTracker
 from .dry_run import OutputHistory
@@ -185,6 +187,12 @@ class VKeysGateway(LoggingConfigurable):
                                 "(off: events are kept in memory only).").tag(config=True)
     warehouse_dir = Unicode(help="Root of the warehouse (journal/, events/, audit/). Default: "
                                  "<data_dir>/warehouse.").tag(config=True)
+    warehouse_url = Unicode("", help=(
+        "Also keep the warehouse in S3-compatible object storage: s3://bucket/prefix. Each "
+        "replica's writer copies its Parquet files there under the same hive layout "
+        "(<dataset>/date=<day>/<replica>-<file>); readers take the URL where they take a "
+        "directory. Endpoint and credentials: AWS_ENDPOINT_URL (or VKEYS_S3_ENDPOINT), "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.")).tag(config=True)
     roll_seconds = Float(10.0, help="Seconds after which the open journal segment is rolled "
                                     "into Parquet (freshness of the Parquet files).").tag(
         config=True)
@@ -197,6 +205,39 @@ class VKeysGateway(LoggingConfigurable):
                                  "(0 keeps everything).").tag(config=True)
     log_content = Bool(False, help="Store prompts (prompt_text) in the warehouse. Off by "
                                    "default: only a hash of the prompt is kept.").tag(config=True)
+
+    # -- scale-out: state shared by several replicas (jupyter_vkeys.state) -------------
+    state_url = Unicode("", help=(
+        "Where budgets, holds, RPM/TPM windows and concurrency are shared by several "
+        "gateway replicas: a Redis/Valkey URL (redis://host:6379/0, rediss://..., "
+        "unix:///run/redis.sock; needs pip install 'jupyter-vkeys[scale]'). '' (the "
+        "default) keeps them in this process only. Redis must persist (AOF).")).tag(
+        config=True)
+    registry_url = Unicode("", help=(
+        "PostgreSQL holding the key registry, scope policies and admin audit shared by "
+        "every replica (postgresql://user:pass@host/db; needs pip install "
+        "'jupyter-vkeys[scale]'). Changes reach every replica through LISTEN/NOTIFY; "
+        "while it is unreachable calls fail closed (503). '' (the default): SQLite in "
+        "data_dir.")).tag(config=True)
+    state_prefix = Unicode("{vkeys}:", help=(
+        "Prefix of every key the gateway writes in Redis: one prefix per gateway "
+        "deployment sharing a Redis; every replica of one deployment uses the same.")).tag(
+        config=True)
+    state_timeout = Float(1.0, help=(
+        "Seconds a call waits for the shared state before it is refused with 503 "
+        "(fail closed).")).tag(config=True)
+    state_lease_seconds = Float(10.0, help=(
+        "How long a replica's open holds outlive it: a replica renews its lease every "
+        "third of this; once it lapses another replica charges its open holds at the hold "
+        "(status lost) and frees its concurrency slots.")).tag(config=True)
+    state_fail_open_rate = Bool(False, help=(
+        "While the shared state is unreachable, admit calls whose scopes carry only RPM "
+        "limits on this replica's own count (budgets, TPM and concurrency always fail "
+        "closed).")).tag(config=True)
+    replica_id = Unicode("", help=(
+        "This replica's name in the shared state (default: host-pid-random; set it to the "
+        "pod name to read redis-cli easily). Must be unique among live replicas.")).tag(
+        config=True)
 
     # -- the lean HTTP front's limits and deadlines (read by lean_server.LeanServer) -----
     max_head_bytes = Int(65536, help=(
@@ -268,6 +309,8 @@ class VKeysGateway(LoggingConfigurable):
         self.cells = CellTracker()
         self.output_history = OutputHistory()
         self.lock: DataDirLock | None = None
+        self.shared: SharedLedger | None = None  # set when state_url names one
+        self.registry_sync = None  # a state.registry_sync.RegistrySync with registry_url
         self.control = ControlPlane(self)
         from ..telemetry import Telemetry  # telemetry hook: metrics, access log, readiness
 
@@ -285,6 +328,21 @@ class VKeysGateway(LoggingConfigurable):
         self.lock.acquire()
         try:
             self._open(data)
+            if self.state_url:
+                self.shared = open_ledger(
+                    self.state_url, tz=ZoneInfo(self.timezone), lease=self.state_lease_seconds,
+                    timeout=self.state_timeout, fail_open_rate=self.state_fail_open_rate,
+                    clamp_max_tokens=self.clamp_max_tokens,
+                    replica=self.replica_id or self._replica_name(),
+                    prefix=self.state_prefix)
+                await self.shared.start()
+            if self.registry_url:
+                from ..state.registry_sync import RegistrySync
+
+                replica = self.replica_id or self._replica_name()
+                self.registry_sync = RegistrySync(self.registry_url, self.store, self.registry,
+                                                  self.policy, parse_policy, replica)
+                await self.registry_sync.start()
         except BaseException:
             self._close_state()
             raise
@@ -292,7 +350,13 @@ class VKeysGateway(LoggingConfigurable):
     def _open(self, data: Path) -> None:
         """Everything :meth:`start` opens once it holds the data directory's lock."""
         pepper = os.environ.get("VKEYS_PEPPER") or _secret_file(data / "pepper")
-        self.store = Store(data / "registry.sqlite")
+        if self.registry_url:
+            from ..state.pg_store import PgStore
+
+            self.store = PgStore(self.registry_url)
+            self.store.check_pepper(pepper.encode())
+        else:
+            self.store = Store(data / "registry.sqlite")
         self.registry = KeyRegistry(self.store, pepper.encode(), clock=self.clock)
         self.policy = PolicyEngine(tz=ZoneInfo(self.timezone), clock=self.clock,
                                    clamp_max_tokens=self.clamp_max_tokens)
@@ -331,7 +395,8 @@ class VKeysGateway(LoggingConfigurable):
         sink = WarehouseSink(root, roll_seconds=self.roll_seconds,
                              fsync_interval=self.fsync_interval,
                              hash_notebook_paths=self.hash_notebook_paths,
-                             retention_days=self.retention_days)
+                             retention_days=self.retention_days, bucket=self.warehouse_url,
+                             replica=self.replica_id or self._replica_name())
         restored = 0
         starts = self.policy.window_starts()
         for path in sink.open(starts):
@@ -350,6 +415,12 @@ class VKeysGateway(LoggingConfigurable):
         self.sink = sink
         self.output_history = OutputHistory(sink.typical_output)
         self.store.on_audit = sink.audit
+
+    def _replica_name(self) -> str:
+        """This process's replica name (chosen once; also the shared ledger's)."""
+        if not getattr(self, "_replica", ""):
+            self._replica = default_replica_id()
+        return self._replica
 
     def _open_transports(self) -> None:
         real = [p for p in self.provider_configs.values() if p.kind != "fake" and p.has_credentials]
@@ -393,6 +464,10 @@ class VKeysGateway(LoggingConfigurable):
         try:
             for transport in set(self.transports.values()):
                 await transport.close()
+            if self.shared is not None:
+                await self.shared.close()
+            if self.registry_sync is not None:
+                await self.registry_sync.close()
         finally:
             self._close_state()
 

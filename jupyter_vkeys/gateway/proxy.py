@@ -26,6 +26,7 @@ from ..policy import Refusal
 from ..pricing import Cost
 from ..providers.transport import UpstreamError, UpstreamRequest
 from ..registry import AuthError
+from ..state import StateUnavailable
 from ..usage import Usage
 from .call import Call
 from .core import VKeysGateway
@@ -112,6 +113,11 @@ def authenticate(gateway: VKeysGateway, token: str | None) -> KeyRecord:
     if gateway.registry is None:
         raise ApiError(503, "unavailable", "the gateway is starting; retry in a moment",
                        headers={"retry-after": "1"})
+    sync = gateway.registry_sync
+    if sync is not None and not sync.connected:
+        raise ApiError(503, "unavailable", "the gateway's shared key registry (PostgreSQL) is "
+                       "unreachable, so a revocation could not reach this replica; no call is "
+                       "admitted until it answers; retry shortly", headers={"retry-after": "1"})
     try:
         return gateway.registry.authenticate(token)
     except AuthError as exc:
@@ -138,7 +144,7 @@ class ProxyCall:
     """
 
     __slots__ = ("gateway", "exchange", "operation", "dialect", "call", "_ticket", "_meter",
-                 "_rates", "_concluded", "_cell")
+                 "_rates", "_concluded", "_cell", "_shared")
 
     def __init__(self, gateway: VKeysGateway, exchange: Exchange, operation: str,
                  dialect: str) -> None:
@@ -150,6 +156,7 @@ class ProxyCall:
         self._ticket = self._meter = self._rates = None
         self._concluded = False
         self._cell = None
+        self._shared = False  # whether the shared ledger (state_url) holds this call
 
     async def run(self) -> None:
         """Answer the call, in every outcome: relayed, refused, cut or failed."""
@@ -204,6 +211,8 @@ class ProxyCall:
                 log.exception("jupyter-vkeys: settling %s failed; charged at its hold",
                               call.request_id)
                 self.gateway.policy.settle(self._ticket, self._ticket.hold, 0)
+                if self._shared:
+                    self.gateway.shared.settle(call.request_id, self._ticket.hold, 0)
         try:
             event = call.event()
         except Exception:  # a bug: record what is certain rather than nothing
@@ -275,6 +284,9 @@ class ProxyCall:
                                      model_max_output=entry.max_output_tokens, choices=choices)
         except Refusal as refusal:
             raise refusal_error(refusal) from None
+        if gw.shared is not None:
+            await self._admit_shared(call, ticket, rates, len(raw), max_output, choices,
+                                     entry.max_output_tokens or gw.policy.default_max_output)
         self._ticket, self._rates = ticket, rates
         call.budget_warnings = list(ticket.warnings)
         if ticket.hold:
@@ -304,6 +316,25 @@ class ProxyCall:
             raise _too_deep() from None
         self._meter = meter_for(self.dialect, self.operation, stream, strip_usage)
         await self._relay(call, provider, transport, body, payload)
+
+    async def _admit_shared(self, call: Call, ticket, rates, input_bound: int,
+                            max_output: int | None, choices: int, ceiling: int) -> None:
+        """Admit on the replicas' shared ledger too (``c.VKeysGateway.state_url``), after
+        the local engine did; a refusal there releases the local reservation."""
+        try:
+            self._shared = await self.gateway.shared.admit(
+                call.request_id, ticket, rates, input_bound=input_bound,
+                max_output=max_output, choices=choices, ceiling=ceiling)
+        except Refusal as refusal:
+            self.gateway.policy.settle(ticket, 0, 0)
+            raise refusal_error(refusal) from None
+        except StateUnavailable as exc:
+            self.gateway.policy.settle(ticket, 0, 0)
+            raise ApiError(503, "unavailable", exc.message, headers={"retry-after": "1"},
+                           event_status="error") from None
+        except BaseException:  # cancelled: nothing was sent upstream
+            self.gateway.policy.settle(ticket, 0, 0)
+            raise
 
     async def _dry_run(self, call: Call, cell, body: dict, raw: bytes) -> None:
         """A call inside a dry-run cell: priced as the real model would be, answered by
@@ -522,6 +553,8 @@ class ProxyCall:
         call.cost = cost
         crossed = self.gateway.policy.settle(self._ticket, cost.pico,
                                              usage.total if usage else 0)
+        if self._shared:
+            self.gateway.shared.settle(call.request_id, cost.pico, usage.total if usage else 0)
         if crossed:
             call.budget_warnings.extend(crossed)
             log.info("budget warning: %s", "; ".join(crossed))

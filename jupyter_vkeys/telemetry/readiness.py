@@ -2,7 +2,8 @@
 
 :func:`check` is called by the ready handler on each probe. A gateway is ready
 while it holds its data directory's lock, its key registry is loaded, its
-journal can be written and its warehouse writer process is alive; otherwise the
+journal can be written, its warehouse writer process is alive and, with replicas,
+its shared state (Redis) and registry (PostgreSQL) answer; otherwise the
 probe answers 503 naming every failing part. ``/api/health`` stays the cheap
 liveness probe.
 
@@ -50,6 +51,12 @@ class Readiness:
             failing["data_dir"] = f"the data directory {gateway.data_dir} is gone"
         if gateway.registry is None:
             failing["registry"] = "the key registry is not loaded"
+        shared = getattr(gateway, "shared", None)
+        if shared is not None and not shared.reachable:
+            failing["shared_state"] = f"the shared state at {shared.where} is unreachable"
+        sync = getattr(gateway, "registry_sync", None)
+        if sync is not None and not sync.connected:
+            failing["registry"] = "the shared key registry (PostgreSQL) is unreachable"
         if gateway.warehouse:
             self._check_warehouse(gateway, failing)
         return failing

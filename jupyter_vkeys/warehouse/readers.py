@@ -14,13 +14,17 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .object_store import is_object_url, list_parquet
 from .parquet import read_segment, snapshot, typed
 from .schema import SCHEMAS
 
 
 def warehouse_root(data_dir: str | os.PathLike | None = None) -> Path:
     """``<data_dir>/warehouse``; ``data_dir`` defaults to ``$VKEYS_DATA_DIR`` or
-    ``<jupyter data dir>/vkeys``; a path that already is a warehouse is kept."""
+    ``<jupyter data dir>/vkeys``; a path that already is a warehouse is kept, and so is
+    an ``s3://`` warehouse URL."""
+    if is_object_url(data_dir):
+        return data_dir  # an s3:// warehouse: readers take the URL as it is
     if data_dir is None:
         from ..gateway.core import default_data_dir
         data_dir = os.environ.get("VKEYS_DATA_DIR") or default_data_dir()
@@ -62,8 +66,43 @@ def connect(data_dir: str | os.PathLike | None = None, database: str = ":memory:
     return con
 
 
+def bucket_dataset(url: str, dataset: str):
+    """A pyarrow dataset over every replica's Parquet files of ``dataset`` in the bucket
+    ``url`` (``s3://bucket/prefix``, see :mod:`.object_store`), with the hive ``date``
+    column; None when there are none yet."""
+    import pyarrow.dataset as ds
+
+    s3, paths = list_parquet(url, dataset)
+    if not paths:
+        return None
+    base = url[len("s3://"):].rstrip("/") + f"/{dataset}"
+    schema = SCHEMAS[dataset].append(pa.field("date", pa.string()))
+    return ds.dataset(paths, filesystem=s3, format="parquet", schema=schema,
+                      partitioning=ds.partitioning(pa.schema([("date", pa.string())]),
+                                                   flavor="hive"),
+                      partition_base_dir=base)
+
+
+def _refresh_bucket(con, url: str) -> None:
+    for dataset in ("events", "audit"):
+        found = bucket_dataset(url, dataset)
+        if found is None:
+            con.register(f"{dataset}_bucket", SCHEMAS[dataset].empty_table())
+            time_col = "start_time" if dataset == "events" else "ts"
+            sql = (f"SELECT *, CAST(timezone('UTC', {time_col}) AS DATE) AS date "
+                   f"FROM {dataset}_bucket")
+        else:
+            con.register(f"{dataset}_bucket", found)
+            sql = f"SELECT * REPLACE (CAST(date AS DATE) AS date) FROM {dataset}_bucket"
+        con.execute(f"CREATE OR REPLACE VIEW {dataset} AS {sql}")
+
+
 def refresh(con, data_dir: str | os.PathLike | None = None) -> None:
-    """(Re)create the ``events`` and ``audit`` views on ``con`` from a fresh snapshot."""
+    """(Re)create the ``events`` and ``audit`` views on ``con`` from a fresh snapshot
+    (``data_dir`` may be an ``s3://`` warehouse URL: every replica's files there)."""
+    if is_object_url(data_dir):
+        _refresh_bucket(con, data_dir)
+        return
     root = warehouse_root(data_dir)
     for dataset in ("events", "audit"):
         files, tail = load(root, dataset)
@@ -85,6 +124,9 @@ def scan(dataset: str = "events", data_dir: str | os.PathLike | None = None):
     """A Polars LazyFrame over a dataset (Parquet files plus journal tail)."""
     import polars as pl
 
+    if is_object_url(data_dir):
+        return pl.from_arrow(read_table(dataset, data_dir)).lazy().with_columns(
+            pl.col("start_time" if dataset == "events" else "ts").dt.date().alias("date"))
     root = warehouse_root(data_dir)
     files, tail = load(root, dataset)
     time_col = "start_time" if dataset == "events" else "ts"
@@ -103,6 +145,11 @@ def read_table(dataset: str = "events", data_dir: str | os.PathLike | None = Non
     """The whole dataset as one Arrow table (``.to_pandas()`` for pandas)."""
     import pyarrow.parquet as pq
 
+    if is_object_url(data_dir):
+        found = bucket_dataset(data_dir, dataset)
+        if found is None:
+            return SCHEMAS[dataset].empty_table()
+        return found.to_table(columns=SCHEMAS[dataset].names)
     root = warehouse_root(data_dir)
     files, tail = load(root, dataset)
     tables = [pq.read_table(p, schema=SCHEMAS[dataset]) for p in files] + [tail]

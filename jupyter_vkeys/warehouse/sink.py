@@ -49,8 +49,11 @@ class WarehouseSink:
 
     def __init__(self, root: Path, *, roll_seconds: float = 10.0, segment_bytes: int = 64 << 20,
                  fsync_interval: float = 1.0, hash_notebook_paths: bool = False,
-                 retention_days: int = 0, keep_recent: int = 1000) -> None:
+                 retention_days: int = 0, keep_recent: int = 1000, bucket: str = "",
+                 replica: str = "") -> None:
         self.root = Path(root)
+        # an s3:// URL the writer copies Parquet files to, under this replica's name
+        self.bucket_args = ["--bucket", bucket, "--replica", replica] if bucket else []
         self.roll_seconds = roll_seconds
         self.segment_bytes = segment_bytes
         self.fsync_interval = fsync_interval
@@ -84,7 +87,8 @@ class WarehouseSink:
                                fsync_interval=self.fsync_interval)
         self.writer = subprocess.Popen(
             [sys.executable, "-m", "jupyter_vkeys.warehouse.writer", str(self.root),
-             "--parent", str(os.getpid()), "--retention-days", str(self.retention_days)],
+             "--parent", str(os.getpid()), "--retention-days", str(self.retention_days),
+             *self.bucket_args],
             stdin=subprocess.DEVNULL)
         try:
             loop = asyncio.get_running_loop()
@@ -200,7 +204,8 @@ class WarehouseSink:
             return []  # a new warehouse: nothing to convert or sum
         result = subprocess.run(
             [sys.executable, "-m", "jupyter_vkeys.warehouse.writer", str(self.root), "--once",
-             "--windows", json.dumps(window_starts)], capture_output=True, text=True)
+             "--windows", json.dumps(window_starts), *self.bucket_args], capture_output=True,
+            text=True)
         if result.returncode != 0:
             raise RuntimeError(f"warehouse recovery failed: {result.stderr[-2000:]}")
         found = json.loads(result.stdout or "[]")

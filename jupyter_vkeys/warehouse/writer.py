@@ -50,8 +50,9 @@ def convert_pending(root: Path) -> int:
     return rows
 
 
-def maintain(root: Path, retention_days: int) -> None:
-    """Compact partitions of past days; delete partitions past retention."""
+def maintain(root: Path, retention_days: int, compact: bool = True) -> None:
+    """Compact partitions of past days (not when copying to a bucket: merged files
+    would repeat uploaded rows); delete partitions past retention."""
     from .parquet import compact_partition
 
     today = datetime.now(timezone.utc).date()
@@ -63,7 +64,7 @@ def maintain(root: Path, retention_days: int) -> None:
                 continue
             if retention_days and day < today - timedelta(days=retention_days):
                 shutil.rmtree(partition, ignore_errors=True)
-            elif day < today:
+            elif day < today and compact:
                 compact_partition(partition)
 
 
@@ -112,8 +113,22 @@ def typical_output(root: Path, days: int = 30) -> dict[str, int]:
     return {model: int(tokens) for model, tokens in rows if model}
 
 
-def run(root: Path, parent: int, retention_days: int, poll: float) -> None:
-    """Convert segments as they complete until stopped or orphaned."""
+def copy_out(root: Path, bucket: str, replica: str) -> None:
+    """Copy new Parquet files to the bucket (see :mod:`.object_store`); never raises."""
+    if not bucket:
+        return
+    from .object_store import upload_new
+
+    try:
+        upload_new(root, bucket, replica)
+    except Exception:  # the bucket is down or refuses: retried next round
+        log.exception("cannot copy Parquet files to %s", bucket)
+
+
+def run(root: Path, parent: int, retention_days: int, poll: float, bucket: str = "",
+        replica: str = "") -> None:
+    """Convert segments as they complete (and copy them to ``bucket``) until stopped or
+    orphaned."""
     stopping = False
 
     def stop(*_: object) -> None:
@@ -124,12 +139,14 @@ def run(root: Path, parent: int, retention_days: int, poll: float) -> None:
     signal.signal(signal.SIGINT, stop)
     last_maintenance = time.monotonic() - 3600 + 30  # first maintenance after 30 s
     while True:
-        convert_pending(root)
+        if convert_pending(root) or bucket:
+            copy_out(root, bucket, replica)
         if time.monotonic() - last_maintenance > 3600:
-            maintain(root, retention_days)
+            maintain(root, retention_days, compact=not bucket)
             last_maintenance = time.monotonic()
         if stopping or (parent and os.getppid() != parent):
             convert_pending(root)
+            copy_out(root, bucket, replica)
             return
         time.sleep(poll)
 
@@ -142,15 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=0)
     parser.add_argument("--retention-days", type=int, default=0)
     parser.add_argument("--poll", type=float, default=0.2)
+    parser.add_argument("--bucket", default="", help="s3://bucket/prefix to copy Parquet to")
+    parser.add_argument("--replica", default="", help="this replica's name (object names)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.once:
         convert_pending(args.root)
+        copy_out(args.root, args.bucket, args.replica)
         json.dump({"spend": spend_by_path(args.root, json.loads(args.windows)),
                    "typical_output": typical_output(args.root)}, sys.stdout)
         return 0
     _yield_cpu()
-    run(args.root, args.parent, args.retention_days, args.poll)
+    run(args.root, args.parent, args.retention_days, args.poll, args.bucket, args.replica)
     return 0
 
 

@@ -97,8 +97,13 @@ class HubProcess:
         self.process = subprocess.Popen(
             [str(BIN / "jupyterhub"), "-f", str(config)], cwd=hub_dir, env=env,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait(lambda: request("GET", f"{self.base}/hub/health")[0] == 200, "the Hub", 90)
-        self._wait(lambda: self._service_up(), "the vkeys service", 60)
+        try:
+            self._wait(lambda: request("GET", f"{self.base}/hub/health")[0] == 200,
+                       "the Hub", 90)
+            self._wait(lambda: self._service_up(), "the vkeys service", 60)
+        except BaseException:
+            self.stop()  # the Hub and everything it started: nothing left running
+            raise
 
     # -- plumbing --------------------------------------------------------------------
     def log(self) -> str:
@@ -165,14 +170,41 @@ class HubProcess:
                                       timeout))
 
     def stop(self) -> None:
+        """Stop the Hub (it stops the service and the servers), then anything of its
+        process group still alive (a service or server it could not stop)."""
+        import psutil
+
+        try:
+            descendants = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
+                self.process.kill()
                 self.process.wait(timeout=10)
+        for proc in descendants:  # servers and services in sessions of their own
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
         self._log.close()
+
+
+def start_hub(root: Path, attempts: int = 3, **kwargs: Any) -> HubProcess:
+    """A :class:`HubProcess`, tried again on fresh ports when one of the free ports it
+    picked was taken by another process before the Hub bound it (a loaded CI machine)."""
+    for attempt in range(attempts):
+        where = root / f"try{attempt}" if attempt else root
+        where.mkdir(parents=True, exist_ok=True)
+        try:
+            return HubProcess(where, **kwargs)
+        except AssertionError as exc:
+            if "already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def request(method: str, url: str, body: Any = None, *, token: str = "",

@@ -26,7 +26,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "jupyter")]
 
-from hubs import CHP, DRIVER_TOKEN, HubProcess, request  # noqa: E402
+from hubs import CHP, DRIVER_TOKEN, HubProcess, request, start_hub  # noqa: E402
 from servers import result_of  # noqa: E402
 from support import FakeUpstream  # noqa: E402
 
@@ -118,13 +118,18 @@ class World:
         extra = ('c.Spawner.poll_interval = 2\n'
                  'c.JupyterHub.load_roles.append({"name": "student-admins", '
                  '"users": ["dana"], "scopes": ["custom:vkeys:admin!group=students"]})')
-        self.hub = HubProcess(root, users=USERS, service_config=service_config,
-                              extra_config=extra)
         self.kernels: dict[str, str] = {}
         self.env: dict[str, dict[str, str]] = {}
-        for user in USERS:
-            self.hub.start_server(user)
-            self.kernels[user] = self.hub.start_kernel(user)
+        self.hub: HubProcess | None = None
+        try:
+            self.hub = start_hub(root, users=USERS, service_config=service_config,
+                                 extra_config=extra)
+            for user in USERS:
+                self.hub.start_server(user)
+                self.kernels[user] = self.hub.start_kernel(user)
+        except BaseException:
+            self.stop()  # a failed set-up leaves no hub, server or upstream behind
+            raise
 
     def run(self, user: str, code: str) -> dict[str, Any]:
         return result_of(self.hub.execute(user, self.kernels[user], code))
@@ -135,7 +140,8 @@ class World:
 
     def stop(self) -> None:
         try:
-            self.hub.stop()
+            if self.hub is not None:
+                self.hub.stop()
         finally:
             self.upstream.stop()
 

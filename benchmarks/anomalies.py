@@ -148,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a detector threshold")
     parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument("--scenarios", nargs="+", default=["simulator", "real-shaped"],
+                        choices=["simulator", "real-shaped"], help="which data to score on")
     args = parser.parse_args(argv)
     th = detectors.Thresholds().with_overrides(args.set)
     results = {}
     for scenario, make in (("simulator", simulated), ("real-shaped", real_shaped)):
+        if scenario not in args.scenarios:
+            continue
         agg = defaultdict(lambda: defaultdict(int))
         false = ent_weeks = 0.0
         scan_s = []

@@ -58,8 +58,16 @@ class Thresholds:
     spike_min_usd: float = 0.5       # and at least this much excess spend
     spike_day_ratio: float = 1.0     # and more than this many typical days' spend (p75 of
                                      # the last 14 days) within the window
-    spike_history_ratio: float = 1.5  # and more than this times the key's largest window
-                                      # of the lookback (its own burstiness)
+    spike_burst_z: float = 3.5       # and above the key's usual busiest window of a day:
+                                     # exp(median + z x robust sd) of the log daily maxima
+    spike_mix_burst_z: float = 1.0   # or above this lower bar when one model or notebook
+    spike_mix_share: float = 0.8     # carries at least this share of the excess (the mix
+                                     # changed: not more of the usual work, other work)
+    spike_min_calls: int = 20        # and at least this many calls (one huge prompt is no
+                                     # spike of work)
+    spike_burst_min_sd: float = 0.35  # floor of that robust sd (log scale)
+    spike_burst_min_days: int = 5    # active days before a key's own burstiness is used
+                                     # alone (younger keys borrow their team's spread)
     overdispersion: float = 0.5      # day-to-day variation of a key's level (CV)
     shape_prior_days: float = 14.0   # days of own history weighing as much as the team shape
     drop_window_hours: int = 24
@@ -277,17 +285,56 @@ def _typical_day(m: np.ndarray, hw: Hourly, scan: slice, days: int = 14) -> np.n
     return out
 
 
-def _largest_window(m: np.ndarray, scan: slice, w: int, lookback: int) -> np.ndarray:
-    """Per key and scanned hour: the largest ``w``-hour sum in the lookback before that
-    hour's day (a key's own burstiness: bursty keys get a higher bar)."""
+def _burst_stats(m: np.ndarray, hw: Hourly, scan: slice, th: Thresholds
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per key and scanned hour: ``(median, sd)`` of the log of the key's busiest
+    ``spike_window_hours`` sum per day, from the days before that hour's day; a window
+    above ``exp(median + z x sd)`` is out of the key's own burstiness.
+
+    Each active day of the lookback gives one number, its busiest window; the bar is
+    ``exp(median + z x sd)`` of their logs, with ``sd`` read from the upper
+    half (90th percentile minus median, over 1.28: quiet weekend days below the median
+    do not widen it). Robust: one huge day, or an earlier anomaly, moves it little,
+    where the largest window would set the bar alone. A key
+    with fewer than ``spike_burst_min_days`` active days uses its team's median spread."""
+    w = th.spike_window_hours
     roll = _rolling(m, w)
-    out = np.zeros((m.shape[0], scan.stop - scan.start))
+    n_keys = m.shape[0]
+    out_med = np.full((n_keys, scan.stop - scan.start), -np.inf)
+    out_sd = np.zeros((n_keys, scan.stop - scan.start))
+    lookback_days = th.lookback_days
     for d0 in range(scan.start, scan.stop, 24):
         d1 = min(d0 + 24, scan.stop)
-        a = max(0, d0 - lookback)
-        if d0 > a:
-            out[:, d0 - scan.start:d1 - scan.start] = roll[:, a:d0].max(axis=1)[:, None]
-    return out
+        maxima = []
+        for back in range(1, lookback_days + 1):
+            a = d0 - 24 * back
+            if a < 0:
+                break
+            day_max = roll[:, a:a + 24].max(axis=1)
+            maxima.append(np.where((day_max > 0) & (hw.first < a + 12), day_max, np.nan))
+        if not maxima:
+            continue
+        logs = np.log(np.array(maxima))  # day x key, NaN where idle or before the key
+        with np.errstate(all="ignore"):
+            med = np.nanmedian(logs, axis=0)
+            sd = (np.nanquantile(logs, 0.9, axis=0) - med) / 1.2816
+        days = (~np.isnan(logs)).sum(axis=0)
+        sd = np.where(days >= 2, sd, np.nan)
+        team_sd = np.full(n_keys, np.nan)
+        for t in np.unique(hw.team):
+            members = (hw.team == t) & (days >= th.spike_burst_min_days)
+            if members.any():
+                team_sd[hw.team == t] = np.nanmedian(sd[members])
+        fleet = np.nanmedian(sd[days >= th.spike_burst_min_days]) \
+            if (days >= th.spike_burst_min_days).any() else 1.0
+        team_sd = np.where(np.isnan(team_sd), fleet, team_sd)
+        young = days < th.spike_burst_min_days
+        sd = np.where(young, np.fmax(np.nan_to_num(sd, nan=0.0), team_sd), sd)
+        sd = np.maximum(np.nan_to_num(sd), th.spike_burst_min_sd)
+        out_med[:, d0 - scan.start:d1 - scan.start] = np.where(days > 0, np.nan_to_num(med),
+                                                               -np.inf)[:, None]
+        out_sd[:, d0 - scan.start:d1 - scan.start] = sd[:, None]
+    return out_med, out_sd
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -326,13 +373,18 @@ def spend_findings(hw: Hourly, scan: slice, th: Thresholds) -> list[dict[str, An
     ec2 = hw.sq[:, : scan.stop].sum(axis=1) / np.maximum(calls_all, 1)
     a_w, e_w = _rolling(s_act, w), _rolling(s_exp, w)
     typical = _typical_day(hw.spend, hw, scan)
-    largest = _largest_window(hw.spend, scan, w, th.lookback_days * 24)
+    b_med, b_sd = _burst_stats(hw.spend, hw, scan, th)
+    n_w = _rolling(hw.calls[:, scan], w)
     n_exp = e_w / np.maximum(mean_cost, 1e-9)[:, None]
     sd = np.sqrt(n_exp * ec2[:, None] + (th.overdispersion * e_w) ** 2 + ec2[:, None])
     upper = e_w + th.spike_z * sd
+    with np.errstate(all="ignore"):
+        log_a = np.log(np.maximum(a_w, 1e-300))
+    burst = log_a > b_med + th.spike_burst_z * b_sd
+    mix_burst = log_a > b_med + th.spike_mix_burst_z * b_sd
     flag = ((a_w > upper) & (a_w >= th.spike_ratio * e_w) & (a_w - e_w >= th.spike_min_usd)
-            & (a_w >= th.spike_day_ratio * typical)
-            & (a_w > th.spike_history_ratio * largest))
+            & (a_w >= th.spike_day_ratio * typical) & (n_w >= th.spike_min_calls)
+            & mix_burst)
     for k in np.flatnonzero(flag.any(axis=1)):
         for r0, r1 in _runs(flag[k]):
             h_start, h_end = max(r0 - w + 1, 0), r1  # window of the first flag .. last hour
@@ -345,7 +397,8 @@ def spend_findings(hw: Hourly, scan: slice, th: Thresholds) -> list[dict[str, An
             out.append(dict(detector="spend_spike", k=k, start=_t(hw, scan.start + h_start),
                             end=_t(hw, scan.start + h_end), actual=act, expected=exp,
                             lower=max(0.0, exp - (up - exp)), upper=up, score=score,
-                            impact_usd=act - exp, unit="usd"))
+                            impact_usd=act - exp, unit="usd",
+                            needs_mix=not bool(burst[k, r0:r1].any())))
     # drops: calls of steady keys
     c_exp = baseline(hw.calls, hw, scan, th)
     c_act = hw.calls[:, scan]
@@ -667,7 +720,7 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
     ents = {key: e for key, e in zip(hw.keys, hw.entity)}
     findings: list[Finding] = []
     table = "ev"
-    if root_causes and raw:  # the rows root causes read, once (not the warehouse per finding)
+    if (root_causes or any(r.get("needs_mix") for r in raw)) and raw:  # the rows root causes read, once (not the warehouse per finding)
         keys = sorted({hw.keys[r["k"]] if "k" in r else r["key"] for r in raw})
         con.execute("CREATE OR REPLACE TEMP TABLE rc_rows AS SELECT entity_key, start_time, "
                     "cost_usd, model, notebook_path, cell_id, prompt_hash, client, status, "
@@ -681,9 +734,14 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
         key = hw.keys[r["k"]] if "k" in r else r["key"]
         entity = ents.get(key) or {"key_id": key, "user": None, "team": None, "project": None}
         causes: list[Cause] = []
+        if r.get("needs_mix"):  # inside the key's burstiness: only a changed mix is news
+            causes = root_cause(con, key, r["start"], r["end"], table=table)
+            if not any(c.contribution >= th.spike_mix_share for c in causes
+                       if c.dimension in ("model", "notebook")):
+                continue
         if root_causes:
             if r["detector"] == "spend_spike":
-                causes = root_cause(con, key, r["start"], r["end"], table=table)
+                causes = causes or root_cause(con, key, r["start"], r["end"], table=table)
             elif r["detector"] in ("error_spike", "refusal_spike"):
                 cond = "is_error" if r["detector"] == "error_spike" else "is_refusal"
                 causes = root_cause(con, key, r["start"], r["end"], measure=f"CAST({cond} AS INT)",

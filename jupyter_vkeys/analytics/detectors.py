@@ -43,8 +43,8 @@ from .findings import Cause, Finding, iso, money
 
 HOUR = 3600
 WEEK_H = 168
-DETECTORS = ("spend_spike", "spend_drop", "runaway_loop", "new_model", "error_spike",
-             "refusal_spike", "budget_exhaustion")
+DETECTORS = ("spend_spike", "spend_drop", "level_shift", "runaway_loop", "new_model",
+             "error_spike", "refusal_spike", "budget_exhaustion")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,17 @@ class Thresholds:
                                      # alone (younger keys borrow their team's spread)
     overdispersion: float = 0.5      # day-to-day variation of a key's level (CV)
     shape_prior_days: float = 14.0   # days of own history weighing as much as the team shape
+    level_on_calls: int = 1          # judge levels on calls (1) or spend (0); calls are
+                                     # far less heavy-tailed than the cost of a call
+    level_days_recent: int = 3       # level shifts: the last days judged together
+    level_days_reference: int = 14   # against this many days before them
+    level_min_reference_days: int = 5  # days of reference a key needs
+    level_min_active_days: int = 3   # of which with any spend
+    level_z: float = 3.0             # recent mean level above exp(median + z x spread)
+    level_min_sd: float = 0.25       # floor of that spread (log scale)
+    level_ratio: float = 2.5         # and the recent median day this many reference days
+    level_min_usd: float = 1.0       # and at least this much excess spend
+    level_cooldown_days: int = 14    # one finding per shift: then the new level is normal
     drop_window_hours: int = 24
     drop_ratio: float = 0.1          # calls below this share of the expectation
     drop_min_expected_calls: float = 8.0
@@ -664,6 +675,14 @@ def explain(detector: str, entity: dict[str, Any], start: datetime, end: datetim
                 + (f"{times:.1f}x" if times != float("inf") else "far above")
                 + f" the {money(expected)} expected")
         return head + _causes_text(causes) + "; check what that notebook or job is doing."
+    if detector == "level_shift":
+        ratio = extra.get("ratio")
+        head = (f"{who} spent {money(actual)} {span} where {money(expected)} was usual"
+                + (f", {ratio:.1f}x its level of the {extra.get('reference_days', 14)} days "
+                   "before" if ratio else ""))
+        return (head + _causes_text(causes) + f"; if it stays, about "
+                f"{money(extra.get('per_day_usd', 0) * 30)} more a month: confirm the new "
+                "level is meant, or adjust the key's budget.")
     if detector == "spend_drop":
         return (f"{who} made {actual:,.0f} calls {span} where about {expected:,.0f} were "
                 "expected; check that the job or service using it still runs.")
@@ -711,6 +730,9 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
     if hw.keys and scan_slice.stop > scan_slice.start:
         if want & {"spend_spike", "spend_drop"}:
             raw += spend_findings(hw, scan_slice, th)
+        if "level_shift" in want:
+            from .level_shift import level_findings
+            raw += level_findings(hw, scan_slice, th)
         if want & {"error_spike", "refusal_spike"}:
             raw += rate_findings(hw, scan_slice, th)
     if "runaway_loop" in want:
@@ -726,7 +748,9 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
                     "cost_usd, model, notebook_path, cell_id, prompt_hash, client, status, "
                     "error_type, is_error, is_refusal FROM ev WHERE start_time >= ? AND "
                     "start_time < ? AND entity_key IN (SELECT unnest(?))",
-                    [min(r["start"] for r in raw) - timedelta(days=7), until, keys])
+                    [min(r["start"] for r in raw)
+                     - timedelta(days=max(7, th.level_days_reference)),
+                     until, keys])
         table = "rc_rows"
     for r in raw:
         if r["detector"] not in want:
@@ -742,6 +766,10 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
         if root_causes:
             if r["detector"] == "spend_spike":
                 causes = causes or root_cause(con, key, r["start"], r["end"], table=table)
+            elif r["detector"] == "level_shift":
+                causes = root_cause(con, key, r["start"], r["end"], table=table,
+                                    lookback_days=th.level_days_reference,
+                                    dimensions=("model", "notebook", "client"))
             elif r["detector"] in ("error_spike", "refusal_spike"):
                 cond = "is_error" if r["detector"] == "error_spike" else "is_refusal"
                 causes = root_cause(con, key, r["start"], r["end"], measure=f"CAST({cond} AS INT)",

@@ -40,8 +40,7 @@ import websocket
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_core.utils import ensure_async
 from jupyter_server.gateway.gateway_client import GatewayClient, gateway_request
-from jupyter_server.gateway.managers import (ChannelQueue, GatewayKernelClient,
-                                             GatewayKernelManager)
+from jupyter_server.gateway.managers import ChannelQueue, GatewayKernelClient, GatewayKernelManager
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.escape import url_escape
@@ -49,7 +48,7 @@ from traitlets import Type, Unicode, default
 from traitlets.config import Config
 
 __all__ = ["JupyterServerKernelClient", "JupyterServerKernelManager", "NamedChannelQueue",
-           "PapermillServerEngine"]
+           "PapermillServerEngine"]  # noqa: F822 (made on first access: __getattr__)
 
 
 def _refused(exc: web.HTTPError, server_url: str) -> Exception:
@@ -96,11 +95,16 @@ class JupyterServerKernelClient(GatewayKernelClient):
         url = url_path_join(gateway.ws_url or "", gateway.kernels_endpoint,
                             url_escape(self.kernel_id), "channels")
         headers = gateway.load_connection_args().get("headers", {})
-        self.channel_socket = websocket.create_connection(
-            url, timeout=GatewayClient.KERNEL_LAUNCH_TIMEOUT, enable_multithread=True,
-            header=[f"{name}: {value}" for name, value in headers.items()],
-            sslopt={"ca_certs": gateway.ca_certs, "certfile": gateway.client_cert,
-                    "keyfile": gateway.client_key})
+        try:
+            self.channel_socket = websocket.create_connection(
+                url, timeout=GatewayClient.KERNEL_LAUNCH_TIMEOUT, enable_multithread=True,
+                header=[f"{name}: {value}" for name, value in headers.items()],
+                sslopt={"ca_certs": gateway.ca_certs, "certfile": gateway.client_cert,
+                        "keyfile": gateway.client_key})
+        except websocket.WebSocketBadStatusException as exc:
+            raise PermissionError(
+                f"the Jupyter server refused the kernel websocket {url} (HTTP "
+                f"{exc.status_code}): set JUPYTER_TOKEN to its token") from None
         await ensure_async(AsyncKernelClient.start_channels(
             self, shell=shell, iopub=iopub, stdin=stdin, hb=hb, control=control))
         self.response_router = Thread(target=self._route_responses, daemon=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from servers import JupyterProcess, isolated_env
 from traitlets.config import Config
 
 from jupyter_vkeys.server_extension.identity import os_user
 from jupyter_vkeys.server_kernels import JupyterServerKernelManager
-from servers import JupyterProcess, isolated_env
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
 

@@ -17,7 +17,12 @@ Detectors:
   compound-Poisson variance (calls x mean squared call cost: heavy-tailed keys get wide
   bands) plus a day-to-day overdispersion term. A fleet-wide common factor (median
   ratio over keys) absorbs holidays and fleet-wide surges. Spikes are judged on rolling
-  ``spike_window_hours`` sums; consecutive flagged hours are one finding.
+  ``spike_window_hours`` sums; consecutive flagged hours are one finding. A spike must
+  also be out of the key's own burstiness (:func:`_burst_stats`: median and upper spread
+  of the logs of its busiest window per day): above the high bar whatever drove it, or
+  above the low bar when one model or notebook carries most of the excess (the mix
+  changed), and with at least ``spike_min_calls`` calls.
+- ``level_shift``: a level that stepped up for days (:mod:`.level_shift`).
 - ``runaway_loop``: one prompt hash repeated ``loop_calls`` times within
   ``loop_window_minutes`` by one key.
 - ``new_model``: first use by a key (with history) of a model it never used, priced at
@@ -742,7 +747,9 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
     ents = {key: e for key, e in zip(hw.keys, hw.entity)}
     findings: list[Finding] = []
     table = "ev"
-    if (root_causes or any(r.get("needs_mix") for r in raw)) and raw:  # the rows root causes read, once (not the warehouse per finding)
+    # the rows root causes (and the mix test of spikes) read, once, not the warehouse per
+    # finding
+    if raw and (root_causes or any(r.get("needs_mix") for r in raw)):
         keys = sorted({hw.keys[r["k"]] if "k" in r else r["key"] for r in raw})
         con.execute("CREATE OR REPLACE TEMP TABLE rc_rows AS SELECT entity_key, start_time, "
                     "cost_usd, model, notebook_path, cell_id, prompt_hash, client, status, "

@@ -176,9 +176,8 @@ def parse_policy(data: Mapping[str, Any] | None, *, base: Policy | None = None) 
     current.update(data)
     models = current.get("models")
     if models is not None:
-        if isinstance(models, str):
-            models = [models]
         if not isinstance(models, (list, tuple)):
+            # a bare string too: the API says a list, and one model is ["gpt-4o-mini"]
             raise PolicyError("models must be a list of model names or globs, e.g. "
                               f'["gpt-4o-mini", "claude-*"], got {_short(models)}')
         if len(models) > MAX_MODELS:

@@ -100,21 +100,10 @@ class JupyterProcess:
                 headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, Any]:
         """One HTTP request to the server, as a script holding the token would send it (no
         cookie). Returns status and decoded JSON (or text)."""
-        data = None if body is None else json.dumps(body).encode()
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        all_headers = dict(headers or {})
         if auth:
             all_headers["Authorization"] = f"token {self.token}"
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers=all_headers)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return http(method, self.base + path, body, headers=all_headers, timeout=timeout)
 
     def start_session(self, path: str, kernel: str = "python3") -> dict[str, Any]:
         status, session = self.request("POST", "/api/sessions", {
@@ -148,6 +137,23 @@ class JupyterProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def http(method: str, url: str, body: Any = None, *, headers: dict[str, str] | None = None,
+         timeout: float = 60) -> tuple[int, Any]:
+    """One HTTP request with a JSON body; returns status and decoded JSON (or text)."""
+    data = None if body is None else json.dumps(body).encode()
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
 
 
 async def ws_execute(base: str, token: str, kernel_id: str, code: str,

@@ -116,8 +116,7 @@ def evaluate(findings, labels, entities: int, weeks: float) -> dict:
     for lab in labels:
         by_key[lab["entity_key"]].append(lab)
     stats = {k: {"labels": 0, "found": 0, "findings": 0, "right": 0, "false": 0}
-             for k in (*KINDS, "refusal_spike")}
-    stats["level_shift"] = {"labels": 0, "found": 0}
+             for k in (*KINDS, "refusal_spike", "level_shift")}
     hit = set()
     for f in findings:
         s = stats.setdefault(f.detector, {"labels": 0, "found": 0, "findings": 0, "right": 0,
@@ -127,7 +126,8 @@ def evaluate(findings, labels, entities: int, weeks: float) -> dict:
         near = [i for i, lab in enumerate(labels) if lab["entity_key"] == f.entity["key_id"]
                 and f0 < _t(lab["end"]) + SLACK and f1 > _t(lab["start"]) - SLACK]
         same = [i for i in near if labels[i]["kind"] == f.detector or (
-            labels[i]["kind"] == "level_shift" and f.detector == "spend_spike")]
+            labels[i]["kind"] == "level_shift" and f.detector == "spend_spike")
+            or (labels[i]["kind"] == "spend_spike" and f.detector == "level_shift")]
         if same:
             s["right"] += 1
             hit.update(same)
@@ -148,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a detector threshold")
     parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument("--scenarios", nargs="+", default=["simulator", "real-shaped"],
+                        choices=["simulator", "real-shaped"], help="which data to score on")
     args = parser.parse_args(argv)
     th = detectors.Thresholds().with_overrides(args.set)
     results = {}
     for scenario, make in (("simulator", simulated), ("real-shaped", real_shaped)):
+        if scenario not in args.scenarios:
+            continue
         agg = defaultdict(lambda: defaultdict(int))
         false = ent_weeks = 0.0
         scan_s = []

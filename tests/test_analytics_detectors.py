@@ -8,10 +8,12 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
 from jupyter_vkeys.analytics import detectors, source
-from jupyter_vkeys.analytics.simulate import simulate
+from jupyter_vkeys.analytics.simulate import (hourly_counts, make_fleet, materialize,
+                                              simulate, write_warehouse)
 
 END = datetime(2026, 3, 2, tzinfo=timezone.utc)
 DAYS = 16
@@ -93,6 +95,31 @@ def test_drop_of_a_steady_key(tmp_path):
     for lab in drops:
         assert any(f.entity["key_id"] == lab["entity_key"] and _t(f.start) < _t(lab["end"])
                    and _t(f.end) > _t(lab["start"]) for f in found), lab
+
+
+def test_level_shift_is_one_finding_and_steady_keys_none(tmp_path):
+    """One person's traffic triples on a Friday and stays there: one ``level_shift``
+    finding within three days of the step (then the new level is normal), naming the
+    expected level and what a month at the new one costs; nobody else is flagged."""
+    rng = np.random.default_rng(5)
+    fleet = make_fleet(12, 2, rng, service_share=0.0, calls_per_day=120)
+    days = 28
+    start_hour = int(END.timestamp() // 3600) - days * 24
+    counts = hourly_counts(fleet, start_hour, days * 24, rng)
+    shifted = int(np.argmax(counts.sum(axis=1)))
+    step = (days - 10) * 24  # 00:00 UTC ten days before the end (a Friday)
+    counts[shifted, step:] *= 3
+    write_warehouse(materialize(fleet, counts, start_hour, rng), tmp_path)
+    con = source.connect(tmp_path)
+    found = detectors.scan(con, END - timedelta(days=14), END, detectors=["level_shift"])
+    assert [f.entity["key_id"] for f in found] == [fleet.key_of[shifted]], \
+        [f.explanation for f in found]
+    f = found[0]
+    shift_at = datetime.fromtimestamp((start_hour + step) * 3600, timezone.utc)
+    assert shift_at - timedelta(days=1) <= _t(f.start) <= shift_at + timedelta(days=3)
+    assert 2.0 <= f.actual / f.expected <= 4.5 and f.lower < f.expected < f.upper < f.actual
+    assert f.impact_usd == pytest.approx(f.actual - f.expected)
+    assert "more a month" in f.explanation and fleet.key_of[shifted] in f.explanation
 
 
 def test_thresholds_override():

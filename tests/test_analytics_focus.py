@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jupyter_vkeys.analytics import focus, source
+from jupyter_vkeys.analytics import focus, focus_rules, source
 from jupyter_vkeys.analytics.simulate import simulate
 
 END = datetime(2026, 3, 2, tzinfo=timezone.utc)
@@ -21,7 +21,8 @@ SINCE, UNTIL = END - timedelta(days=3), END - timedelta(days=1)
 
 # FOCUS 1.2 column types: Decimal (costs, quantities), Date/Time (UTC), String
 DECIMAL = {"BilledCost", "ContractedCost", "EffectiveCost", "ListCost", "PricingQuantity",
-           "ConsumedQuantity", "ListUnitPrice", "ContractedUnitPrice"}
+           "ConsumedQuantity", "ListUnitPrice", "ContractedUnitPrice",
+           "CommitmentDiscountQuantity"}
 DATETIME = {"BillingPeriodEnd", "BillingPeriodStart", "ChargePeriodEnd", "ChargePeriodStart"}
 NOT_NULL = {"BilledCost", "BillingAccountId", "BillingCurrency", "BillingPeriodEnd",
             "BillingPeriodStart", "ChargeCategory", "ChargeDescription", "ChargePeriodEnd",
@@ -99,3 +100,54 @@ def test_bad_input(wh, tmp_path):
                            "--since 'soon' is not an ISO 8601 time")]:
         r = run("--warehouse", str(wh), *args)
         assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_keeps_the_focus_column_rules(wh, tmp_path):
+    """The CLI checks what it wrote; the checker is run again here on both formats, and
+    the negotiated-price and commitment columns hold what FOCUS 1.2 asks of them."""
+    out = tmp_path / "focus.parquet"
+    r = run("--warehouse", str(wh), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "FOCUS column rules: none broken" in r.stdout
+    assert focus_rules.check(out) == []
+    table = pq.read_table(out)
+    for name in focus_rules.COMMITMENT_DETAIL + ("CommitmentDiscountId",):
+        assert name in table.schema.names and table[name].null_count == table.num_rows, name
+    assert table["ContractedUnitPrice"].null_count == 0
+    assert table["ContractedUnitPrice"].to_pylist() == table["ListUnitPrice"].to_pylist()
+    assert set(table["PricingUnit"].to_pylist()) <= {"1M Tokens", "Requests"}
+    csv_out = tmp_path / "focus.csv"
+    assert run("--warehouse", str(wh), "--out", str(csv_out)).returncode == 0
+    assert focus_rules.check(csv_out) == []
+
+
+def test_the_rule_checker_names_what_a_broken_export_breaks(wh, tmp_path):
+    """Each rule can fail: a file edited to break it is reported with the rule and a row."""
+    good = tmp_path / "good.parquet"
+    focus.export(source.connect(wh), good, SINCE, UNTIL)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    breakages = {
+        "ListUnitPrice x PricingQuantity = ListCost":
+            "* REPLACE (CAST(ListCost * 2 AS DECIMAL(38, 12)) AS ListCost)",
+        "ChargePeriodStart is before ChargePeriodEnd":
+            "* REPLACE (ChargePeriodEnd - INTERVAL 2 HOUR AS ChargePeriodEnd)",
+        "CommitmentDiscountStatus is null without a CommitmentDiscountId":
+            "* REPLACE ('Used' AS CommitmentDiscountStatus)",
+        "ChargeCategory is one of Usage, Purchase, Tax, Credit, Adjustment":
+            "* REPLACE ('Consumption' AS ChargeCategory)",
+        "BilledCost must not be null": "* REPLACE (CAST(NULL AS DECIMAL(38, 12)) AS BilledCost)",
+        "ContractedUnitPrice is set on usage and purchase rows":
+            "* REPLACE (CAST(NULL AS DECIMAL(38, 12)) AS ContractedUnitPrice)",
+        "columns outside the spec start with x_: Notebook": "*, x_Notebook AS Notebook",
+        "BilledCost is a decimal (found DOUBLE)": "* REPLACE (CAST(BilledCost AS DOUBLE) AS "
+                                                  "BilledCost)",
+        "Mandatory columns present: missing PricingUnit": "* EXCLUDE (PricingUnit)",
+    }
+    for rule, select in breakages.items():
+        bad = tmp_path / "bad.parquet"
+        con.execute(f"COPY (SELECT {select} FROM read_parquet('{good}')) TO '{bad}' "
+                    "(FORMAT PARQUET)")
+        found = focus_rules.check(bad)
+        assert rule in [v.rule for v in found], (rule, [str(v) for v in found])
+        assert all(v.rows > 0 for v in found), found

@@ -1,12 +1,15 @@
 """The bundled analytics notebooks run top to bottom in a real kernel (nbclient, isolated
 Jupyter dirs), on a simulated warehouse and, for one, with no warehouse at all (it must
-simulate and say so); each one's main chart renders to PNG with vl-convert.
+simulate and say so); each one's main chart renders to PNG with vl-convert; and each
+runs as a scheduled papermill job would, its parameters given on the command line.
 (The quickstart notebook runs against a real server in tests/jupyter/test_extension.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from jupyter_vkeys.analytics import focus_rules
 from jupyter_vkeys.analytics.simulate import simulate
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -84,3 +88,30 @@ def test_notebook_runs_and_renders_its_main_chart(name, wh, isolated):
     print(f"main chart of {name}: {png}")
     if name == "finops_export":
         assert (isolated / "focus.parquet").exists()
+
+
+@pytest.mark.parametrize("name", ANALYTICS)
+def test_notebook_runs_under_papermill_with_its_parameters(name, wh, isolated):
+    """The analyst's scheduled job: ``papermill IN OUT -p warehouse DIR -p since ...`` as a
+    command. Papermill injects the values after the ``parameters`` cell; the notebook
+    analyses that warehouse over exactly that period (its banner and period line say so)
+    and the executed copy holds no error."""
+    out_nb = isolated / f"{name}.out.ipynb"
+    since, until = "2026-03-12T00:00:00Z", "2026-03-19T00:00:00Z"
+    args = [sys.executable, "-m", "papermill", str(NOTEBOOKS / f"{name}.ipynb"), str(out_nb),
+            "--kernel", "python3", "--cwd", str(isolated), "--no-progress-bar",
+            "-p", "warehouse", str(wh), "-p", "since", since, "-p", "until", until,
+            "-p", "simulate_if_empty", "False"]
+    if name == "finops_export":
+        args += ["-p", "out", str(isolated / "scheduled.parquet")]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    nb = nbformat.read(out_nb, as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and f'warehouse = "{wh}"' in injected[0].source
+    outputs = json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
+    assert '"output_type": "error"' not in outputs
+    assert "SIMULATED" not in outputs
+    assert "2026-03-12 00:00 to 2026-03-19 00:00 UTC" in outputs, outputs[:2000]
+    if name == "finops_export":
+        assert focus_rules.check(isolated / "scheduled.parquet") == []

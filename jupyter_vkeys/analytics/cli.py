@@ -144,7 +144,7 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
 # -- export-focus ---------------------------------------------------------------------
 def cmd_export_focus(args: argparse.Namespace) -> int:
     """Write the period's charges as a FOCUS 1.2 dataset (Parquet or CSV)."""
-    from . import focus
+    from . import focus, focus_rules
 
     out = Path(args.out).expanduser()
     if out.suffix.lower() not in (".parquet", ".csv"):
@@ -157,6 +157,14 @@ def cmd_export_focus(args: argparse.Namespace) -> int:
     rows = focus.export(con, out, since, until, account_id=args.account_id,
                         account_name=args.account_name)
     print(f"wrote {rows:,} FOCUS {focus.FOCUS_VERSION} rows to {out}")
+    broken = focus_rules.check(out)
+    if broken:
+        print(f"jupyter vkeys: {out} breaks {len(broken)} FOCUS rule(s):", file=sys.stderr)
+        for violation in broken:
+            print(f"  {violation}", file=sys.stderr)
+        return 1
+    print(f"checked against {len(focus_rules.row_rules(set(focus.MANDATORY + focus.CONDITIONAL)))}"
+          " FOCUS column rules: none broken")
     return 0
 
 

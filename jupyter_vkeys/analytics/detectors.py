@@ -17,7 +17,12 @@ Detectors:
   compound-Poisson variance (calls x mean squared call cost: heavy-tailed keys get wide
   bands) plus a day-to-day overdispersion term. A fleet-wide common factor (median
   ratio over keys) absorbs holidays and fleet-wide surges. Spikes are judged on rolling
-  ``spike_window_hours`` sums; consecutive flagged hours are one finding.
+  ``spike_window_hours`` sums; consecutive flagged hours are one finding. A spike must
+  also be out of the key's own burstiness (:func:`_burst_stats`: median and upper spread
+  of the logs of its busiest window per day): above the high bar whatever drove it, or
+  above the low bar when one model or notebook carries most of the excess (the mix
+  changed), and with at least ``spike_min_calls`` calls.
+- ``level_shift``: a level that stepped up for days (:mod:`.level_shift`).
 - ``runaway_loop``: one prompt hash repeated ``loop_calls`` times within
   ``loop_window_minutes`` by one key.
 - ``new_model``: first use by a key (with history) of a model it never used, priced at
@@ -43,8 +48,8 @@ from .findings import Cause, Finding, iso, money
 
 HOUR = 3600
 WEEK_H = 168
-DETECTORS = ("spend_spike", "spend_drop", "runaway_loop", "new_model", "error_spike",
-             "refusal_spike", "budget_exhaustion")
+DETECTORS = ("spend_spike", "spend_drop", "level_shift", "runaway_loop", "new_model",
+             "error_spike", "refusal_spike", "budget_exhaustion")
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,29 @@ class Thresholds:
     spike_min_usd: float = 0.5       # and at least this much excess spend
     spike_day_ratio: float = 1.0     # and more than this many typical days' spend (p75 of
                                      # the last 14 days) within the window
-    spike_history_ratio: float = 1.5  # and more than this times the key's largest window
-                                      # of the lookback (its own burstiness)
+    spike_burst_z: float = 3.5       # and above the key's usual busiest window of a day:
+                                     # exp(median + z x robust sd) of the log daily maxima
+    spike_mix_burst_z: float = 1.0   # or above this lower bar when one model or notebook
+    spike_mix_share: float = 0.8     # carries at least this share of the excess (the mix
+                                     # changed: not more of the usual work, other work)
+    spike_min_calls: int = 20        # and at least this many calls (one huge prompt is no
+                                     # spike of work)
+    spike_burst_min_sd: float = 0.35  # floor of that robust sd (log scale)
+    spike_burst_min_days: int = 5    # active days before a key's own burstiness is used
+                                     # alone (younger keys borrow their team's spread)
     overdispersion: float = 0.5      # day-to-day variation of a key's level (CV)
     shape_prior_days: float = 14.0   # days of own history weighing as much as the team shape
+    level_on_calls: int = 1          # judge levels on calls (1) or spend (0); calls are
+                                     # far less heavy-tailed than the cost of a call
+    level_days_recent: int = 3       # level shifts: the last days judged together
+    level_days_reference: int = 14   # against this many days before them
+    level_min_reference_days: int = 5  # days of reference a key needs
+    level_min_active_days: int = 3   # of which with any spend
+    level_z: float = 3.0             # recent mean level above exp(median + z x spread)
+    level_min_sd: float = 0.25       # floor of that spread (log scale)
+    level_ratio: float = 2.5         # and the recent median day this many reference days
+    level_min_usd: float = 1.0       # and at least this much excess spend
+    level_cooldown_days: int = 14    # one finding per shift: then the new level is normal
     drop_window_hours: int = 24
     drop_ratio: float = 0.1          # calls below this share of the expectation
     drop_min_expected_calls: float = 8.0
@@ -277,17 +301,56 @@ def _typical_day(m: np.ndarray, hw: Hourly, scan: slice, days: int = 14) -> np.n
     return out
 
 
-def _largest_window(m: np.ndarray, scan: slice, w: int, lookback: int) -> np.ndarray:
-    """Per key and scanned hour: the largest ``w``-hour sum in the lookback before that
-    hour's day (a key's own burstiness: bursty keys get a higher bar)."""
+def _burst_stats(m: np.ndarray, hw: Hourly, scan: slice, th: Thresholds
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per key and scanned hour: ``(median, sd)`` of the log of the key's busiest
+    ``spike_window_hours`` sum per day, from the days before that hour's day; a window
+    above ``exp(median + z x sd)`` is out of the key's own burstiness.
+
+    Each active day of the lookback gives one number, its busiest window; the bar is
+    ``exp(median + z x sd)`` of their logs, with ``sd`` read from the upper
+    half (90th percentile minus median, over 1.28: quiet weekend days below the median
+    do not widen it). Robust: one huge day, or an earlier anomaly, moves it little,
+    where the largest window would set the bar alone. A key
+    with fewer than ``spike_burst_min_days`` active days uses its team's median spread."""
+    w = th.spike_window_hours
     roll = _rolling(m, w)
-    out = np.zeros((m.shape[0], scan.stop - scan.start))
+    n_keys = m.shape[0]
+    out_med = np.full((n_keys, scan.stop - scan.start), -np.inf)
+    out_sd = np.zeros((n_keys, scan.stop - scan.start))
+    lookback_days = th.lookback_days
     for d0 in range(scan.start, scan.stop, 24):
         d1 = min(d0 + 24, scan.stop)
-        a = max(0, d0 - lookback)
-        if d0 > a:
-            out[:, d0 - scan.start:d1 - scan.start] = roll[:, a:d0].max(axis=1)[:, None]
-    return out
+        maxima = []
+        for back in range(1, lookback_days + 1):
+            a = d0 - 24 * back
+            if a < 0:
+                break
+            day_max = roll[:, a:a + 24].max(axis=1)
+            maxima.append(np.where((day_max > 0) & (hw.first < a + 12), day_max, np.nan))
+        if not maxima:
+            continue
+        logs = np.log(np.array(maxima))  # day x key, NaN where idle or before the key
+        with np.errstate(all="ignore"):
+            med = np.nanmedian(logs, axis=0)
+            sd = (np.nanquantile(logs, 0.9, axis=0) - med) / 1.2816
+        days = (~np.isnan(logs)).sum(axis=0)
+        sd = np.where(days >= 2, sd, np.nan)
+        team_sd = np.full(n_keys, np.nan)
+        for t in np.unique(hw.team):
+            members = (hw.team == t) & (days >= th.spike_burst_min_days)
+            if members.any():
+                team_sd[hw.team == t] = np.nanmedian(sd[members])
+        fleet = np.nanmedian(sd[days >= th.spike_burst_min_days]) \
+            if (days >= th.spike_burst_min_days).any() else 1.0
+        team_sd = np.where(np.isnan(team_sd), fleet, team_sd)
+        young = days < th.spike_burst_min_days
+        sd = np.where(young, np.fmax(np.nan_to_num(sd, nan=0.0), team_sd), sd)
+        sd = np.maximum(np.nan_to_num(sd), th.spike_burst_min_sd)
+        out_med[:, d0 - scan.start:d1 - scan.start] = np.where(days > 0, np.nan_to_num(med),
+                                                               -np.inf)[:, None]
+        out_sd[:, d0 - scan.start:d1 - scan.start] = sd[:, None]
+    return out_med, out_sd
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -326,13 +389,18 @@ def spend_findings(hw: Hourly, scan: slice, th: Thresholds) -> list[dict[str, An
     ec2 = hw.sq[:, : scan.stop].sum(axis=1) / np.maximum(calls_all, 1)
     a_w, e_w = _rolling(s_act, w), _rolling(s_exp, w)
     typical = _typical_day(hw.spend, hw, scan)
-    largest = _largest_window(hw.spend, scan, w, th.lookback_days * 24)
+    b_med, b_sd = _burst_stats(hw.spend, hw, scan, th)
+    n_w = _rolling(hw.calls[:, scan], w)
     n_exp = e_w / np.maximum(mean_cost, 1e-9)[:, None]
     sd = np.sqrt(n_exp * ec2[:, None] + (th.overdispersion * e_w) ** 2 + ec2[:, None])
     upper = e_w + th.spike_z * sd
+    with np.errstate(all="ignore"):
+        log_a = np.log(np.maximum(a_w, 1e-300))
+    burst = log_a > b_med + th.spike_burst_z * b_sd
+    mix_burst = log_a > b_med + th.spike_mix_burst_z * b_sd
     flag = ((a_w > upper) & (a_w >= th.spike_ratio * e_w) & (a_w - e_w >= th.spike_min_usd)
-            & (a_w >= th.spike_day_ratio * typical)
-            & (a_w > th.spike_history_ratio * largest))
+            & (a_w >= th.spike_day_ratio * typical) & (n_w >= th.spike_min_calls)
+            & mix_burst)
     for k in np.flatnonzero(flag.any(axis=1)):
         for r0, r1 in _runs(flag[k]):
             h_start, h_end = max(r0 - w + 1, 0), r1  # window of the first flag .. last hour
@@ -345,7 +413,8 @@ def spend_findings(hw: Hourly, scan: slice, th: Thresholds) -> list[dict[str, An
             out.append(dict(detector="spend_spike", k=k, start=_t(hw, scan.start + h_start),
                             end=_t(hw, scan.start + h_end), actual=act, expected=exp,
                             lower=max(0.0, exp - (up - exp)), upper=up, score=score,
-                            impact_usd=act - exp, unit="usd"))
+                            impact_usd=act - exp, unit="usd",
+                            needs_mix=not bool(burst[k, r0:r1].any())))
     # drops: calls of steady keys
     c_exp = baseline(hw.calls, hw, scan, th)
     c_act = hw.calls[:, scan]
@@ -611,6 +680,14 @@ def explain(detector: str, entity: dict[str, Any], start: datetime, end: datetim
                 + (f"{times:.1f}x" if times != float("inf") else "far above")
                 + f" the {money(expected)} expected")
         return head + _causes_text(causes) + "; check what that notebook or job is doing."
+    if detector == "level_shift":
+        ratio = extra.get("ratio")
+        head = (f"{who} spent {money(actual)} {span} where {money(expected)} was usual"
+                + (f", {ratio:.1f}x its level of the {extra.get('reference_days', 14)} days "
+                   "before" if ratio else ""))
+        return (head + _causes_text(causes) + f"; if it stays, about "
+                f"{money(extra.get('per_day_usd', 0) * 30)} more a month: confirm the new "
+                "level is meant, or adjust the key's budget.")
     if detector == "spend_drop":
         return (f"{who} made {actual:,.0f} calls {span} where about {expected:,.0f} were "
                 "expected; check that the job or service using it still runs.")
@@ -658,6 +735,9 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
     if hw.keys and scan_slice.stop > scan_slice.start:
         if want & {"spend_spike", "spend_drop"}:
             raw += spend_findings(hw, scan_slice, th)
+        if "level_shift" in want:
+            from .level_shift import level_findings
+            raw += level_findings(hw, scan_slice, th)
         if want & {"error_spike", "refusal_spike"}:
             raw += rate_findings(hw, scan_slice, th)
     if "runaway_loop" in want:
@@ -667,13 +747,17 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
     ents = {key: e for key, e in zip(hw.keys, hw.entity)}
     findings: list[Finding] = []
     table = "ev"
-    if root_causes and raw:  # the rows root causes read, once (not the warehouse per finding)
+    # the rows root causes (and the mix test of spikes) read, once, not the warehouse per
+    # finding
+    if raw and (root_causes or any(r.get("needs_mix") for r in raw)):
         keys = sorted({hw.keys[r["k"]] if "k" in r else r["key"] for r in raw})
         con.execute("CREATE OR REPLACE TEMP TABLE rc_rows AS SELECT entity_key, start_time, "
                     "cost_usd, model, notebook_path, cell_id, prompt_hash, client, status, "
                     "error_type, is_error, is_refusal FROM ev WHERE start_time >= ? AND "
                     "start_time < ? AND entity_key IN (SELECT unnest(?))",
-                    [min(r["start"] for r in raw) - timedelta(days=7), until, keys])
+                    [min(r["start"] for r in raw)
+                     - timedelta(days=max(7, th.level_days_reference)),
+                     until, keys])
         table = "rc_rows"
     for r in raw:
         if r["detector"] not in want:
@@ -681,9 +765,18 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
         key = hw.keys[r["k"]] if "k" in r else r["key"]
         entity = ents.get(key) or {"key_id": key, "user": None, "team": None, "project": None}
         causes: list[Cause] = []
+        if r.get("needs_mix"):  # inside the key's burstiness: only a changed mix is news
+            causes = root_cause(con, key, r["start"], r["end"], table=table)
+            if not any(c.contribution >= th.spike_mix_share for c in causes
+                       if c.dimension in ("model", "notebook")):
+                continue
         if root_causes:
             if r["detector"] == "spend_spike":
-                causes = root_cause(con, key, r["start"], r["end"], table=table)
+                causes = causes or root_cause(con, key, r["start"], r["end"], table=table)
+            elif r["detector"] == "level_shift":
+                causes = root_cause(con, key, r["start"], r["end"], table=table,
+                                    lookback_days=th.level_days_reference,
+                                    dimensions=("model", "notebook", "client"))
             elif r["detector"] in ("error_spike", "refusal_spike"):
                 cond = "is_error" if r["detector"] == "error_spike" else "is_refusal"
                 causes = root_cause(con, key, r["start"], r["end"], measure=f"CAST({cond} AS INT)",

@@ -3,10 +3,16 @@
 Called by ``jupyter vkeys export-focus`` and the ``finops_export`` notebook. One row
 per charge: UTC hour x key x model x token class (uncached input, cache reads and writes,
 output; a ``usage`` row for cost a foreign writer did not split by class). Costs are
-DECIMAL(38, 12) in USD; without negotiated-price data in the warehouse, BilledCost,
-EffectiveCost, ContractedCost and ListCost are the price the gateway charged. Gateway
-dimensions travel as ``x_`` columns (user, team, project, key, parent key, notebook,
-model, calls) and as ``Tags``.
+DECIMAL(38, 12) in USD; the gateway prices every call at the provider's list price
+(its price table), so BilledCost, EffectiveCost, ContractedCost and ListCost are that
+price, and ContractedUnitPrice equals ListUnitPrice: no negotiated rate is known to the
+warehouse. No call is covered by a commitment-based discount (reserved or provisioned
+throughput is billed by the provider, not through virtual keys), so the
+CommitmentDiscount* columns are present and null, as FOCUS requires when
+CommitmentDiscountId is null. Token rows are priced per ``1M Tokens``; the ``usage`` row
+(cost a foreign writer did not split by class) per ``Requests``. Gateway dimensions
+travel as ``x_`` columns (user, team, project, key, parent key, notebook, model, calls)
+and as ``Tags``. :mod:`.focus_rules` checks an export against the spec's column rules.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ CONDITIONAL = (
     "BillingAccountType", "ChargeFrequency", "ConsumedQuantity", "ConsumedUnit",
     "ContractedUnitPrice", "ListUnitPrice", "PricingCategory", "PricingCurrency",
     "ResourceId", "ResourceName", "ResourceType", "ServiceSubcategory", "SkuId",
-    "SkuPriceId", "SubAccountId", "SubAccountName", "SubAccountType", "Tags",
+    "SkuMeter", "SkuPriceId", "SubAccountId", "SubAccountName", "SubAccountType", "Tags",
+    "CommitmentDiscountCategory", "CommitmentDiscountId", "CommitmentDiscountName",
+    "CommitmentDiscountQuantity", "CommitmentDiscountStatus", "CommitmentDiscountType",
+    "CommitmentDiscountUnit", "InvoiceId",
 )
 X_COLUMNS = ("x_User", "x_Team", "x_Project", "x_KeyId", "x_ParentKeyId", "x_Notebook",
              "x_Model", "x_TokenClass", "x_Calls")
@@ -65,11 +74,19 @@ def focus_sql(since: datetime | None, until: datetime | None, account_id: str = 
                coalesce(sum(cost_output_usd), 0) AS c_out, coalesce(sum(cost_usd), 0) AS c_all
         FROM ev WHERE {cond} AND status IS DISTINCT FROM 'dry_run'
         GROUP BY ALL),
-    rows AS (
+    split AS (
         SELECT *, 'input' AS cls, t_in AS qty, c_in AS cost FROM g
         UNION ALL SELECT *, 'cache', t_cache, c_cache FROM g
         UNION ALL SELECT *, 'output', t_out, c_out FROM g
-        UNION ALL SELECT *, 'usage', 0, c_all - c_in - c_cache - c_out FROM g)
+        UNION ALL SELECT *, 'usage', calls, c_all - c_in - c_cache - c_out FROM g),
+    rows AS (
+        SELECT *, CASE WHEN cls = 'usage' THEN qty ELSE qty / 1e6 END AS pqty,
+               CASE WHEN cls = 'usage' THEN 'Requests' ELSE '1M Tokens' END AS punit,
+               CASE WHEN cls = 'usage' THEN 'Requests' ELSE 'Tokens' END AS cunit
+        FROM split
+        -- a row per token class that was used or cost something; the unsplit remainder
+        -- only where it is more than rounding
+        WHERE (cls <> 'usage' AND (cost <> 0 OR qty > 0)) OR abs(cost) > 1e-9)
     SELECT
         CAST(cost AS {MONEY}) AS BilledCost,
         {_lit(account_id)} AS BillingAccountId,
@@ -85,18 +102,26 @@ def focus_sql(since: datetime | None, until: datetime | None, account_id: str = 
         'Usage-Based' AS ChargeFrequency,
         h + INTERVAL 1 HOUR AS ChargePeriodEnd,
         h AS ChargePeriodStart,
+        CAST(NULL AS VARCHAR) AS CommitmentDiscountCategory,
+        CAST(NULL AS VARCHAR) AS CommitmentDiscountId,
+        CAST(NULL AS VARCHAR) AS CommitmentDiscountName,
+        CAST(NULL AS {MONEY}) AS CommitmentDiscountQuantity,
+        CAST(NULL AS VARCHAR) AS CommitmentDiscountStatus,
+        CAST(NULL AS VARCHAR) AS CommitmentDiscountType,
+        CAST(NULL AS VARCHAR) AS CommitmentDiscountUnit,
         CAST(qty AS {MONEY}) AS ConsumedQuantity,
-        'Tokens' AS ConsumedUnit,
+        cunit AS ConsumedUnit,
         CAST(cost AS {MONEY}) AS ContractedCost,
-        CAST(CASE WHEN qty > 0 THEN cost / qty * 1e6 END AS {MONEY}) AS ContractedUnitPrice,
+        CAST(CASE WHEN pqty > 0 THEN cost / pqty ELSE 0 END AS {MONEY}) AS ContractedUnitPrice,
         CAST(cost AS {MONEY}) AS EffectiveCost,
+        CAST(NULL AS VARCHAR) AS InvoiceId,
         pname AS InvoiceIssuerName,
         CAST(cost AS {MONEY}) AS ListCost,
-        CAST(CASE WHEN qty > 0 THEN cost / qty * 1e6 END AS {MONEY}) AS ListUnitPrice,
+        CAST(CASE WHEN pqty > 0 THEN cost / pqty ELSE 0 END AS {MONEY}) AS ListUnitPrice,
         'Standard' AS PricingCategory,
         'USD' AS PricingCurrency,
-        CAST(qty / 1e6 AS {MONEY}) AS PricingQuantity,
-        '1M Tokens' AS PricingUnit,
+        CAST(pqty AS {MONEY}) AS PricingQuantity,
+        punit AS PricingUnit,
         pname AS ProviderName,
         pname AS PublisherName,
         key_id AS ResourceId,
@@ -106,6 +131,8 @@ def focus_sql(since: datetime | None, until: datetime | None, account_id: str = 
         pname || ' API' AS ServiceName,
         'Generative AI' AS ServiceSubcategory,
         coalesce(pname, '?') || '/' || coalesce(model, '?') || '/' || cls AS SkuId,
+        CASE cls WHEN 'input' THEN 'Input Tokens' WHEN 'cache' THEN 'Cached Input Tokens'
+                 WHEN 'output' THEN 'Output Tokens' ELSE 'Requests' END AS SkuMeter,
         coalesce(pname, '?') || '/' || coalesce(model, '?') || '/' || cls AS SkuPriceId,
         team AS SubAccountId,
         team AS SubAccountName,
@@ -115,7 +142,7 @@ def focus_sql(since: datetime | None, until: datetime | None, account_id: str = 
         "user" AS x_User, team AS x_Team, project AS x_Project, key_id AS x_KeyId,
         parent_key_id AS x_ParentKeyId, notebook_path AS x_Notebook, model AS x_Model,
         cls AS x_TokenClass, calls AS x_Calls
-    FROM rows WHERE cost <> 0 OR qty > 0
+    FROM rows
     ORDER BY ChargePeriodStart, ResourceId, SkuId"""
     return sql, params
 

@@ -38,6 +38,10 @@ def hub_key(hub, upstream: str) -> str:
     status, token = hub.hub("POST", "/users/carol/tokens",
                             {"scopes": ["custom:vkeys:admin"], "note": "benchmark"})
     assert status == 201, (status, token)
+    for scope, usd in (("team:bench", 1e6), ("global", 1e7)):  # as run.py's gateway has
+        status, body = request("PUT", f"{hub.service_url}/api/policies/{scope}", {
+            "budgets": [{"usd": usd, "period": "month"}]}, token=token["token"])
+        assert status == 200, (status, body)
     status, key = request("POST", hub.service_url + "/api/keys", {
         "owner": "bench", "team": "bench", "project": "perf", "models": ["gpt-*"],
         "rpm": 10_000_000, "tpm": 10_000_000_000, "max_concurrency": 1000,

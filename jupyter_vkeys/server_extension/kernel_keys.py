@@ -11,7 +11,8 @@ kernel provisioner: :meth:`~KernelKeyBroker.launch_env` when a kernel starts
 - a child key per kernel, spending against the parent's budgets and carrying
   the kernel id and notebook path into every event; reused across restarts,
   revoked when the kernel shuts down;
-- the kernel environment: provider secrets removed, virtual key and base URLs in.
+- the kernel environment: provider secrets removed, virtual key and base URLs in, and
+  ``VKEYS_API_URL`` (the admin API the widgets call with the notebook's credentials).
 """
 
 from __future__ import annotations
@@ -69,9 +70,13 @@ class KernelKeyBroker:
                  projects: dict[str, str] | None = None, marker: str = ".vkeys.toml",
                  default_policy: dict[str, Any] | None = None,
                  project_policy: dict[str, Any] | None = None,
-                 denylist: Iterable[str] = (), default_user: str = "") -> None:
+                 denylist: Iterable[str] = (), default_user: str = "",
+                 api_url: str = "") -> None:
         self.gateway = gateway
         self.url = url.rstrip("/")
+        # The admin API of the server that starts the kernels (VKEYS_API_URL): where the
+        # widgets send the notebook's own credentials (jupyter_vkeys.widgets.credentials).
+        self.api_url = api_url.rstrip("/")
         self.root_dir = Path(root_dir).resolve()
         self.projects = {p.strip("/"): name for p, name in (projects or {}).items()}
         self.marker = marker
@@ -167,6 +172,8 @@ class KernelKeyBroker:
             "ANTHROPIC_API_KEY": current.token, "ANTHROPIC_BASE_URL": f"{self.url}/anthropic",
             "VKEYS_URL": self.url, "VKEYS_KEY_ID": current.key_id,
         })
+        if self.api_url:
+            env["VKEYS_API_URL"] = self.api_url
         return bypass_proxy(env, self.url)
 
     def _mint(self, kernel_id: str, notebook: str, user: str) -> KernelKey:

@@ -1,0 +1,26 @@
+"""The small Altair chart of MyUsage: spend per day, with title, units and tooltips.
+
+Called by :class:`~.usage_view.MyUsage` with :func:`~.usage_controller.by_day`'s rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+__all__ = ["spend_per_day"]
+
+
+def spend_per_day(days: Sequence[dict[str, Any]], title: str = "Your spend per day"):
+    """An ``altair.Chart`` of ``[{day, calls, cost_usd}]`` (bars; USD axis; tooltips)."""
+    import altair as alt
+
+    data = alt.Data(values=[{"day": d["day"], "calls": d["calls"],
+                             "cost_usd": round(float(d["cost_usd"]), 8)} for d in days])
+    return (alt.Chart(data, title=alt.Title(title, subtitle="UTC days; recent calls"))
+            .mark_bar(color="#1976d2")
+            .encode(x=alt.X("day:T", title="day", timeUnit="utcyearmonthdate"),
+                    y=alt.Y("cost_usd:Q", title="spend (USD)", axis=alt.Axis(format="$.4f")),
+                    tooltip=[alt.Tooltip("day:T", title="day", timeUnit="utcyearmonthdate"),
+                             alt.Tooltip("cost_usd:Q", title="spend (USD)", format="$.6f"),
+                             alt.Tooltip("calls:Q", title="calls")])
+            .properties(width=320, height=140))

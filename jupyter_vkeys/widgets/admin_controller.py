@@ -106,6 +106,12 @@ def _soft(label: str, text: str) -> float | None:
     return round(value / 100, 6) if percent else value
 
 
+def _plain(value: float) -> str:
+    """A number as a person types it: ``0.000001``, ``20``, ``2.5`` (no exponent)."""
+    text = f"{value:.9f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
 def _iso(epoch: Any) -> str:
     if not isinstance(epoch, (int, float)):
         return ""
@@ -206,7 +212,8 @@ class AdminController:
         policy = row.policy
         for b in policy.get("budgets") or []:
             soft = b.get("soft")
-            form.budgets[b["period"]] = (f"{b['usd']:g}", "" if soft is None else f"{soft:g}")
+            form.budgets[b["period"]] = (_plain(b["usd"]),
+                                         "" if soft is None else f"{_plain(soft * 100)}%")
         form.rpm, form.tpm, form.max_concurrency = (
             str(policy.get(n, "")) for n in ("rpm", "tpm", "max_concurrency"))
         form.models = ", ".join(policy.get("models") or [])

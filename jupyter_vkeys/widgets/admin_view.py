@@ -84,7 +84,7 @@ class AdminPanel(w.VBox):
                                                    ("state", "state ↕", "260px"))}
         for name, button in self.headers.items():
             button.on_click(lambda _, name=name: self._sort_by(name))
-        self.table = w.VBox(layout=w.Layout(max_height="420px", overflow_y="auto"))
+        self.table = w.VBox(layout=w.Layout(max_height="420px", overflow="auto"))
         self.notice = w.HTML()
 
         # editor of the selected scope
@@ -288,8 +288,11 @@ class AdminPanel(w.VBox):
 
     def _save(self) -> None:
         if self.selected:
-            self._show(self.controller.save_limits(self.selected, self.form()))
+            notice = self.controller.save_limits(self.selected, self.form())
+            self._show(notice)
             self.redraw()
+            if notice.level == "ok":  # the editor shows what the gateway saved
+                self._select(self.selected)
 
     # -- key actions ----------------------------------------------------------------------
     def _ask(self, verb: str) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["spend_per_day"]
+__all__ = ["mimebundle", "spend_per_day"]
+
+VEGALITE_V5 = "https://vega.github.io/schema/vega-lite/v5.json"
 
 
 def spend_per_day(days: Sequence[dict[str, Any]], title: str = "Your spend per day"):
@@ -24,3 +26,15 @@ def spend_per_day(days: Sequence[dict[str, Any]], title: str = "Your spend per d
                              alt.Tooltip("cost_usd:Q", title="spend (USD)", format="$.6f"),
                              alt.Tooltip("calls:Q", title="calls")])
             .properties(width=320, height=140))
+
+
+def mimebundle(chart) -> dict:
+    """What an Output widget shows: the Vega-Lite spec under the v5 mimetype (rendered
+    offline by JupyterLab's own Vega extension, tooltips included; the spec uses only
+    v5 features) and a line of text for frontends without it."""
+    spec = chart.to_dict()
+    spec["$schema"] = VEGALITE_V5
+    title = spec.get("title")
+    text = title.get("text") if isinstance(title, dict) else title
+    return {"application/vnd.vegalite.v5+json": spec,
+            "text/plain": f"<chart: {text or 'spend per day'}>"}

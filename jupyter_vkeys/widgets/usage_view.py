@@ -140,9 +140,6 @@ class MyUsage(w.VBox):
         if not self.with_chart or days == self._chart_days:
             return
         self._chart_days = days
-        from .chart import spend_per_day
-        self.chart.clear_output(wait=True)
-        with self.chart:
-            if days:
-                from IPython.display import display
-                display(spend_per_day(days))
+        from .chart import mimebundle, spend_per_day
+        self.chart.outputs = ({"output_type": "display_data", "metadata": {},
+                               "data": mimebundle(spend_per_day(days))},) if days else ()

@@ -284,6 +284,7 @@ class AdminController:
                 budgets.append({"usd": total, "period": "total"})
                 fields["expires_at"] = _iso(time.time() + ci_hours * 3600)
                 fields["metadata"] = {"kind": "ci"}
+                fields.setdefault("alias", f"CI {owner.strip() or project.strip() or 'job'}")
         except ValueError as exc:
             self._say(Notice("error", str(exc), "correct it and create again; nothing was "
                                                 "sent", 400))

@@ -14,6 +14,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from ..kernel.report import usd
 from .admin_controller import AdminController, CreatedKey, LimitsForm, Notice
 from .html import bars_html, notice_html, secret_html, status_badge, table_html, when, wrap
 from .live import LiveRefresh
@@ -79,9 +80,9 @@ class AdminPanel(w.VBox):
                           w.VBox([self.refresh_button, self.live_box])])
         self.headers = {name: w.Button(description=label, layout=w.Layout(width=width),
                                        tooltip=f"sort {label}")
-                        for name, label, width in (("scope", "scope ↕", "220px"),
-                                                   ("share", "spend vs cap ↕", "330px"),
-                                                   ("state", "state ↕", "260px"))}
+                        for name, label, width in (("scope", "scope ↕", "210px"),
+                                                   ("share", "spend vs cap per window ↕", "420px"),
+                                                   ("state", "state and limits ↕", "300px"))}
         for name, button in self.headers.items():
             button.on_click(lambda _, name=name: self._sort_by(name))
         self.table = w.VBox(layout=w.Layout(max_height="420px", overflow="auto"))
@@ -91,6 +92,9 @@ class AdminPanel(w.VBox):
         self.editing = w.HTML("<i>select a row to edit its limits</i>")
         self.budget_fields = {p: (_text("no cap", "90px"), _text("soft, e.g. 80%", "100px"))
                               for p in PERIODS}
+        for period, (usd_box, soft_box) in self.budget_fields.items():
+            usd_box.add_class(f"vkeys-budget-{period}")
+            soft_box.add_class(f"vkeys-soft-{period}")
         budget_rows = [w.HBox([w.Label(p, layout=w.Layout(width="50px")), usd_box,
                                soft_box]) for p, (usd_box, soft_box) in
                        self.budget_fields.items()]
@@ -102,9 +106,11 @@ class AdminPanel(w.VBox):
         self.save = w.Button(description="save limits", button_style="primary",
                              icon="save", disabled=True)
         self.save.on_click(lambda _: self._save())
+        for name in ("rpm", "tpm", "concurrency", "models", "expires", "save"):
+            getattr(self, name).add_class(f"vkeys-{name}")
         editor = w.VBox([
             self.editing,
-            w.HBox([w.Label("budget USD per window", layout=w.Layout(width="150px")),
+            w.HBox([w.Label("budgets (USD)", layout=w.Layout(width="100px")),
                     w.VBox(budget_rows)]),
             w.HBox([w.Label("rpm"), self.rpm, w.Label("tpm"), self.tpm,
                     w.Label("concurrency"), self.concurrency]),
@@ -143,6 +149,10 @@ class AdminPanel(w.VBox):
         self.new_total = _text("total USD", "90px")
         self.create = w.Button(description="create key", button_style="success", icon="key")
         self.create.on_click(lambda _: self._create())
+        for name in ("new_owner", "new_team", "new_project", "new_alias", "new_month",
+                     "new_models", "new_ci", "new_hours", "new_total", "create", "revoke",
+                     "rotate", "grace", "confirm", "cancel", "dismiss", "filter"):
+            getattr(self, name).add_class(f"vkeys-{name.replace('_', '-')}")
         creator = w.VBox([
             w.HBox([self.new_owner, self.new_team, self.new_project, self.new_alias]),
             w.HBox([self.new_month, self.new_models]),
@@ -217,11 +227,11 @@ class AdminPanel(w.VBox):
     def _row_widget(self, row: Row) -> w.HBox:
         cached = self._row_widgets.get(row.scope)
         if cached is None:
-            button = w.Button(layout=w.Layout(width="220px"))
+            button = w.Button(layout=w.Layout(width="210px"))
             button.add_class("vkeys-row-select")
             button.on_click(lambda _, scope=row.scope: self._select(scope))
-            cached = (button, w.HTML(layout=w.Layout(width="330px")),
-                      w.HTML(layout=w.Layout(width="260px")), w.HBox())
+            cached = (button, w.HTML(layout=w.Layout(width="420px")),
+                      w.HTML(layout=w.Layout(width="300px")), w.HBox())
             cached[3].children = cached[:3]
             cached[3].add_class("vkeys-row")
             self._row_widgets[row.scope] = cached
@@ -234,7 +244,12 @@ class AdminPanel(w.VBox):
         rates = " · ".join(f"{n} {policy[n]}" for n in ("rpm", "tpm", "max_concurrency")
                            if n in policy)
         models = ", ".join(policy.get("models") or [])
-        key_state = "" if row.kind != "key" else f"{html.escape(row.state)} · "
+        key_state = ""
+        if row.kind == "key":
+            expiry = (row.key or {}).get("expires_at")
+            key_state = html.escape(row.state) + (f" (expires {html.escape(when(expiry))})"
+                                                  if expiry and row.state == "active" else "")
+            key_state += " · "
         state.value = wrap(
             f"<span style='font-size:12px'>{key_state}{status_badge(row.status)}"
             f"{' · ' + html.escape(rates) if rates else ''}"
@@ -358,7 +373,7 @@ def _summary(after: Any) -> str:
     policy = after.get("policy", after)
     parts = []
     for b in policy.get("budgets") or []:
-        parts.append(f"{b.get('period')} {b.get('usd')} USD")
+        parts.append(f"{b.get('period')} {usd(float(b.get('usd') or 0))}")
     for name in ("rpm", "tpm", "max_concurrency"):
         if name in policy:
             parts.append(f"{name} {policy[name]}")

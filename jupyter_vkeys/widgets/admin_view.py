@@ -23,7 +23,8 @@ from .rows import KINDS, PERIODS, SORTS, Row
 __all__ = ["AdminPanel"]
 
 MAX_ROWS = 200
-_WIDE = w.Layout(width="auto")
+def _wide() -> w.Layout:
+    return w.Layout(width="auto")
 
 
 def _text(placeholder: str, width: str = "110px", **kw: Any) -> w.Text:
@@ -60,13 +61,13 @@ class AdminPanel(w.VBox):
                                         ("by cap use", "share"), ("by state", "state")],
                                value="scope", layout=w.Layout(width="120px"))
         self.descending = w.Checkbox(value=False, description="descending", indent=False,
-                                     layout=_WIDE)
+                                     layout=_wide())
         self.show_inactive = w.Checkbox(value=False, description="revoked/expired keys",
-                                        indent=False, layout=_WIDE)
+                                        indent=False, layout=_wide())
         self.show_kernel_keys = w.Checkbox(value=True, description="kernel keys",
-                                           indent=False, layout=_WIDE)
+                                           indent=False, layout=_wide())
         self.live_box = w.Checkbox(value=True, description="live", indent=False,
-                                   layout=_WIDE)
+                                   layout=_wide())
         self.refresh_button = w.Button(description="refresh", icon="refresh",
                                        layout=w.Layout(width="90px"))
         for control in (self.filter, self.kinds, self.sort, self.descending,
@@ -143,7 +144,7 @@ class AdminPanel(w.VBox):
         self.new_month = _text("month USD", "90px")
         self.new_models = _text("models (blank: all)", "180px")
         self.new_ci = w.Checkbox(value=False, description="short-lived CI key", indent=False,
-                                 layout=_WIDE)
+                                 layout=_wide())
         self.new_hours = w.BoundedFloatText(value=24, min=0.01, max=24 * 366,
                                             description="hours", layout=w.Layout(width="150px"))
         self.new_total = _text("total USD", "90px")

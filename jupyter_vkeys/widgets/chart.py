@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 __all__ = ["mimebundle", "spend_per_day"]
 
+MAX_DAYS = 14
 VEGALITE_V5 = "https://vega.github.io/schema/vega-lite/v5.json"
 
 
@@ -16,17 +17,19 @@ def spend_per_day(days: Sequence[dict[str, Any]], title: str = "Your spend per d
     """An ``altair.Chart`` of ``[{day, calls, cost_usd}]`` (bars; USD axis; tooltips)."""
     import altair as alt
 
+    recent = list(days)[-MAX_DAYS:]
     data = alt.Data(values=[{"day": d["day"], "calls": d["calls"],
-                             "cost_usd": round(float(d["cost_usd"]), 8)} for d in days])
-    return (alt.Chart(data, title=alt.Title(title, subtitle="UTC days; recent calls"))
+                             "cost_usd": round(float(d["cost_usd"]), 8)} for d in recent])
+    return (alt.Chart(data, title=alt.Title(title, subtitle=f"UTC days (last {MAX_DAYS} at "
+                                                            "most); recent calls"))
             .mark_bar(color="#1976d2")
-            .encode(x=alt.X("day:T", title="day", timeUnit="utcyearmonthdate"),
-                    y=alt.Y("cost_usd:Q", title="spend (USD)", axis=alt.Axis(format="$.4f")),
-                    tooltip=[alt.Tooltip("day:T", title="day", timeUnit="utcyearmonthdate"),
-                             alt.Tooltip("cost_usd:Q", title="spend (USD)", format="$.6f"),
+            .encode(x=alt.X("day:O", title="day (UTC)", axis=alt.Axis(labelAngle=-45)),
+                    y=alt.Y("cost_usd:Q", title="spend (USD)",
+                            axis=alt.Axis(format="$,.6~f", tickCount=4)),
+                    tooltip=[alt.Tooltip("day:O", title="day"),
+                             alt.Tooltip("cost_usd:Q", title="spend (USD)", format="$,.6~f"),
                              alt.Tooltip("calls:Q", title="calls")])
-            .properties(width=320, height=140))
-
+            .properties(width=alt.Step(22), height=140))
 
 def mimebundle(chart) -> dict:
     """What an Output widget shows: the Vega-Lite spec under the v5 mimetype (rendered

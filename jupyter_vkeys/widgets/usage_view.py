@@ -16,6 +16,9 @@ from .usage_controller import UsageController, by_cell, by_day, by_notebook
 
 __all__ = ["MyUsage"]
 
+def _auto() -> w.Layout:
+    return w.Layout(width="auto")
+
 
 class MyUsage(w.VBox):
     """What the notebook's user has spent and may still spend. ``MyUsage()`` uses the
@@ -39,20 +42,23 @@ class MyUsage(w.VBox):
                                    layout=w.Layout(width="auto"))
         self.live_box.observe(lambda c: (self.live.start if c["new"] else self.live.stop)(),
                               names="value")
-        self.summary = w.HTML()
-        self.windows = w.HTML()
-        self.key_table = w.HTML()
-        self.recent = w.HTML()
-        self.notebooks = w.HTML()
-        self.cells = w.HTML()
+        self.summary = w.HTML(layout=_auto())
+        self.windows = w.HTML(layout=_auto())
+        self.key_table = w.HTML(layout=_auto())
+        self.recent = w.HTML(layout=_auto())
+        self.notebooks = w.HTML(layout=_auto())
+        self.cells = w.HTML(layout=_auto())
         self.chart = w.Output()
         self._chart_days: list[dict[str, Any]] | None = None
         self.children = [
             w.HBox([self.title, self.refresh_button, self.live_box, self.status]),
             self.summary, self.windows,
             w.HTML("<b>Keys</b>"), self.key_table,
-            w.HBox([w.VBox([w.HTML("<b>Cost per notebook</b>"), self.notebooks]),
-                    w.VBox([w.HTML("<b>Cost per cell</b>"), self.cells]), self.chart]),
+            w.HBox([w.VBox([w.HTML("<b>Cost per notebook</b>"), self.notebooks],
+                           layout=w.Layout(margin="0 24px 0 0")),
+                    w.VBox([w.HTML("<b>Cost per cell</b>"), self.cells],
+                           layout=w.Layout(margin="0 24px 0 0")), self.chart],
+                   layout=w.Layout(flex_flow="row wrap")),
             w.HTML("<b>Recent calls</b>"), self.recent]
         self.refresh()
 

@@ -252,3 +252,30 @@ def test_cell_and_day_aggregates():
                                "cost_usd": 0.0}]
     assert by_day(calls) == [{"day": "1970-01-03", "calls": 2, "cost_usd": 0.75},
                              {"day": "1970-01-04", "calls": 1, "cost_usd": 0.0}]
+
+
+def test_me_calls_refuses_bad_queries_and_other_credentials(served, admin):
+    import json
+    import urllib.error
+    import urllib.request
+
+    created = admin.create_key(owner="rita")
+
+    def get(query: str, token: str) -> tuple[int, dict]:
+        request = urllib.request.Request(served.url + "/api/me/calls" + query,
+                                         headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, body = get("?limit=0", created.secret)
+    assert status == 400 and "limit must be an integer from 1 to 1000" in \
+        body["error"]["message"]
+    status, body = get("?owner=someone", created.secret)
+    assert status == 400 and "unknown query parameters" in body["error"]["message"]
+    status, body = get("", served.admin_token)  # the admin token is no virtual key
+    assert status == 401
+    status, body = get("?limit=5", created.secret)
+    assert status == 200 and body["owner"] == "rita" and body["calls"] == []

@@ -187,8 +187,13 @@ def test_live_refresh_redraws_while_displayed_and_stops_on_close(panel, served):
         time.sleep(0.05)
     assert panel.controller.refreshed_at != before
     panel.live_box.value = False
-    assert not panel.live.running or panel.live._stop.is_set()
+    assert not panel.live.running
     panel.live_box.value = True
+    panel.live.stop()
+    panel._view_count = 1  # what the frontend reports when it renders a view
+    assert panel.live.running and not panel.live._stop.is_set()
+    panel._view_count = 0  # the last view is gone (output cleared, notebook closed)
+    assert panel.live._stop.is_set()
     panel.close()
     assert panel.live._stop.is_set()
 

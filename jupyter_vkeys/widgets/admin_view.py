@@ -46,6 +46,8 @@ class AdminPanel(w.VBox):
         self._row_widgets: dict[str, tuple[w.Button, w.HTML, w.HTML, w.HTML]] = {}
         self.live = LiveRefresh(self._tick, interval)
         self._build()
+        self._view_count = 0  # ask the frontend to count views (ipywidgets' own trait)
+        self.observe(self._views_changed, names="_view_count")
         self.refresh()
 
     # -- layout ------------------------------------------------------------------------
@@ -172,6 +174,16 @@ class AdminPanel(w.VBox):
         self.children = [w.HBox([self.title, self.status]), self.body]
 
     # -- display and live refresh -----------------------------------------------------
+    def _views_changed(self, change: dict[str, Any]) -> None:
+        """The frontend counts this widget's views (``_view_count``): refresh live while
+        at least one is on screen, stop when the last one is gone (output cleared,
+        notebook closed)."""
+        if (change["new"] or 0) > 0:
+            if self.live_box.value:
+                self.live.start()
+        else:
+            self.live.stop()
+
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """Rendered by a frontend: start the live refresh (if ticked)."""
         if self.live_box.value:

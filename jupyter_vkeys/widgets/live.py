@@ -31,23 +31,26 @@ class LiveRefresh:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """A thread ticks and has not been told to stop."""
+        return (self._thread is not None and self._thread.is_alive()
+                and not self._stop.is_set())
 
     def start(self) -> None:
-        """Start ticking (idempotent)."""
+        """Start ticking (idempotent). A thread told to stop finishes its tick and ends;
+        a new one, with its own stop flag, takes over."""
         if self.running:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="vkeys-live-refresh",
-                                        daemon=True)
+        self._stop = stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(stop,),
+                                        name="vkeys-live-refresh", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop ticking (idempotent); a tick in progress finishes."""
         self._stop.set()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
             try:
                 self.tick()
             except Exception:  # a view must never die of one failed refresh

@@ -60,7 +60,19 @@ class MyUsage(w.VBox):
                            layout=w.Layout(margin="0 24px 0 0")), self.chart],
                    layout=w.Layout(flex_flow="row wrap")),
             w.HTML("<b>Recent calls</b>"), self.recent]
+        self._view_count = 0  # ask the frontend to count views (ipywidgets' own trait)
+        self.observe(self._views_changed, names="_view_count")
         self.refresh()
+
+    def _views_changed(self, change: dict[str, Any]) -> None:
+        """The frontend counts this widget's views (``_view_count``): refresh live while
+        at least one is on screen, stop when the last one is gone (output cleared,
+        notebook closed)."""
+        if (change["new"] or 0) > 0:
+            if self.live_box.value:
+                self.live.start()
+        else:
+            self.live.stop()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         if self.live_box.value:

@@ -220,18 +220,19 @@ class AdminPanel(w.VBox):
             return
         if self.children[-1] is not self.body:
             self.children = [w.HBox([self.title, self.status]), self.body]
-        if problem is not None:
-            self.status.value = notice_html("error", f"cannot read the admin API: "
-                                            f"{problem.message}", problem.advice)
-        else:
-            self.status.value = wrap(
-                f"<span style='opacity:.7;font-size:12px;margin-left:12px'>{len(ctl.rows)} "
-                f"rows · refreshed {when(ctl.refreshed_at)}"
-                f"{' · live' if self.live.running else ''}</span>", "vkeys-status-line")
         rows = ctl.visible(text=self.filter.value, kinds=self.kinds.value or KINDS,
                            sort=self.sort.value, descending=self.descending.value,
                            show_inactive=self.show_inactive.value,
                            show_kernel_keys=self.show_kernel_keys.value)
+        if problem is not None:
+            self.status.value = notice_html("error", f"cannot read the admin API: "
+                                            f"{problem.message}", problem.advice)
+        else:
+            shown = min(len(rows), MAX_ROWS)
+            self.status.value = wrap(
+                f"<span style='opacity:.7;font-size:12px;margin-left:12px'>{shown} of "
+                f"{len(ctl.rows)} rows shown · refreshed {when(ctl.refreshed_at)}"
+                f"{' · live' if self.live.running else ''}</span>", "vkeys-status-line")
         self.table.children = [self._row_widget(row) for row in rows[:MAX_ROWS]]
         if self.selected and ctl.row(self.selected) is None:
             self._select(None)

@@ -12,12 +12,16 @@ import time
 import anthropic
 import openai
 import pytest
+from support import ServeProcess
 
 from jupyter_vkeys.widgets import AdminController, UsageController
-from jupyter_vkeys.widgets.credentials import (Credentials, CredentialsError,
-                                               notebook_credentials, server_token)
+from jupyter_vkeys.widgets.credentials import (
+    Credentials,
+    CredentialsError,
+    notebook_credentials,
+    server_token,
+)
 from jupyter_vkeys.widgets.usage_controller import by_cell, by_day, by_notebook
-from support import ServeProcess
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import time
 
 import openai
 import pytest
+from support import ServeProcess
 
 from jupyter_vkeys.widgets import AdminController, AdminPanel, MyUsage
-from support import ServeProcess
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_create_shows_the_secret_once_and_the_row_appears(panel, served):
 
 
 def test_clicking_a_row_then_save_lowers_the_cap_and_the_next_call_is_refused(panel, served):
-    key_id, secret = create(panel, "liam")
+    _, secret = create(panel, "liam")
     chat(served, secret)
     panel.refresh()
     row_button(panel, "user:liam").click()
@@ -179,7 +179,7 @@ def test_a_non_admin_sees_a_clear_state_not_a_traceback(served):
 def test_live_refresh_redraws_while_displayed_and_stops_on_close(panel, served):
     panel._repr_mimebundle_()
     assert panel.live.running
-    key_id, secret = create(panel, "pia", "1")
+    _, secret = create(panel, "pia", "1")
     before = panel.controller.refreshed_at
     chat(served, secret)
     deadline = time.time() + 10

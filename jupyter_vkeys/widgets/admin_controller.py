@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
-from ..kernel.report import usd
 from .client import ApiClient, ApiProblem, segment
 from .credentials import Credentials, CredentialsError, notebook_credentials
-from .rows import KINDS, PERIODS, Row, build_rows, visible_rows
+from .rows import PERIODS, Row, build_rows, visible_rows
 
 __all__ = ["AdminController", "CreatedKey", "LimitsForm", "Notice", "Pending"]
 
@@ -255,10 +255,11 @@ class AdminController:
                                     "was sent", 400))
         if scope.startswith("key:"):
             fields["expires_at"] = form.expires_at.strip() or None
-            action = lambda: self.client.patch(f"/keys/{segment(scope[4:])}", fields)
+            path = f"/keys/{segment(scope[4:])}"
         else:
-            action = lambda: self.client.patch(f"/policies/{segment(scope)}", fields)
-        return self._act(action, f"saved the limits of {scope}; they apply from the next call")
+            path = f"/policies/{segment(scope)}"
+        return self._act(lambda: self.client.patch(path, fields),
+                         f"saved the limits of {scope}; they apply from the next call")
 
     # -- keys ------------------------------------------------------------------------
     def create_key(self, *, owner: str = "", team: str = "", project: str = "",
@@ -355,10 +356,3 @@ class AdminController:
             self.refresh()
             return self._say(Notice("ok", success))
 
-
-def money(value: float) -> str:
-    """Money as the panel shows it (``$1,234.50``, ``$0.0042``)."""
-    return usd(value)
-
-
-__all__ += ["money", "KINDS"]

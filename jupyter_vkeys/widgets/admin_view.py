@@ -16,9 +16,9 @@ import ipywidgets as w
 
 from ..kernel.report import usd
 from .admin_controller import AdminController, CreatedKey, LimitsForm, Notice
-from .html import bars_html, notice_html, secret_html, status_badge, table_html, when, wrap
 from .live import LiveRefresh
-from .rows import KINDS, PERIODS, SORTS, Row
+from .markup import bars_html, notice_html, secret_html, status_badge, table_html, when, wrap
+from .rows import KINDS, PERIODS, Row
 
 __all__ = ["AdminPanel"]
 

@@ -5,7 +5,8 @@ Called by :class:`~.usage_view.MyUsage` with :func:`~.usage_controller.by_day`'s
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["mimebundle", "spend_per_day"]
 

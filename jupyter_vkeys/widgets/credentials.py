@@ -21,8 +21,8 @@ stays with the server.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
 __all__ = ["Credentials", "CredentialsError", "notebook_credentials", "server_token"]

@@ -8,10 +8,11 @@ No HTTP and no widgets here: these functions are tested on plain dicts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
-__all__ = ["Bar", "Row", "bars_of", "build_rows", "visible_rows", "KINDS", "SORTS", "PERIODS"]
+__all__ = ["KINDS", "PERIODS", "SORTS", "Bar", "Row", "bars_of", "build_rows", "visible_rows"]
 
 KINDS = ("user", "team", "project", "key")
 PERIODS = ("day", "week", "month", "total")

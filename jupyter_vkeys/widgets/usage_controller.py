@@ -18,9 +18,10 @@ import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .client import ApiClient, ApiProblem
 from .credentials import Credentials, CredentialsError, notebook_credentials

@@ -10,8 +10,8 @@ from typing import Any
 import ipywidgets as w
 
 from ..kernel.report import resets, usd
-from .html import bar_html, notice_html, table_html, when, wrap
 from .live import LiveRefresh
+from .markup import bar_html, notice_html, table_html, when, wrap
 from .usage_controller import UsageController, by_cell, by_day, by_notebook
 
 __all__ = ["MyUsage"]

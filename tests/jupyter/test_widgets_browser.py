@@ -19,7 +19,6 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from servers import JupyterProcess
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -7,13 +7,14 @@ text between two dollar signs as math otherwise. Every value is escaped.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..kernel.report import resets, usd
 from .rows import Bar
 
-__all__ = ["bar_html", "bars_html", "notice_html", "secret_html", "table_html", "wrap", "when"]
+__all__ = ["bar_html", "bars_html", "notice_html", "secret_html", "table_html", "when", "wrap"]
 
 COLOURS = {"ok": "#2e7d32", "warned": "#ef6c00", "exhausted": "#c62828", "none": "#9e9e9e"}
 LABELS = {"ok": "ok", "warned": "warned", "exhausted": "exhausted", "none": "no cap"}

@@ -47,12 +47,28 @@ def build_gateway(args: argparse.Namespace):
         config.VKeysGateway.data_dir = args.data_dir
     if getattr(args, "fake", False):
         config.VKeysGateway.fake_mode = "always"
-    level = getattr(logging, getattr(args, "log_level", "WARNING"), logging.WARNING)
-    if "access_log_file" not in config.VKeysGateway and level <= logging.INFO:
-        # `serve`'s access lines go straight to stdout (about 3 us a call) rather than
-        # through logging (about 10 us: 30% of a busy gateway's CPU, telemetry_cost.py).
-        config.VKeysGateway.access_log_file = "-"
+    serving_defaults(config, getattr(args, "log_level", "WARNING"))
     return VKeysGateway(config=config)
+
+
+def serving_defaults(config: Config, log_level: str) -> None:
+    """What ``serve`` and ``hub-service`` default to: at INFO, access lines go straight to
+    stdout (about 3 us a call) rather than through logging (about 10 us: 30% of a busy
+    gateway's CPU, telemetry_cost.py), unless the config says where they go."""
+    level = getattr(logging, log_level, logging.WARNING)
+    if "access_log_file" not in config.VKeysGateway and level <= logging.INFO:
+        config.VKeysGateway.access_log_file = "-"
+
+
+def install_uvloop(disabled: bool) -> None:
+    """uvloop for the servers' loops (measurably faster), unless turned off or missing."""
+    if disabled:
+        return
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
 
 
 # -- serve ---------------------------------------------------------------------------
@@ -60,12 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the standalone gateway until SIGINT/SIGTERM."""
     logging.basicConfig(level=getattr(logging, args.log_level), format=
                         "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
-    if not args.no_uvloop:
-        try:
-            import uvloop
-            uvloop.install()
-        except ImportError:
-            pass
+    install_uvloop(args.no_uvloop)
     return asyncio.run(_serve(args))
 
 
@@ -119,6 +130,26 @@ async def _serve(args: argparse.Namespace) -> int:
     server.stop()
     await gateway.stop()
     return 0
+
+
+# -- hub-service ---------------------------------------------------------------------
+def cmd_hub_service(args: argparse.Namespace) -> int:
+    """Run the gateway as a JupyterHub service until SIGINT/SIGTERM."""
+    logging.basicConfig(level=getattr(logging, args.log_level), format=
+                        "[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+    try:
+        from .hub.service import run_service
+    except ImportError as exc:
+        raise SystemExit(f"jupyter-vkeys hub-service needs JupyterHub's service library: "
+                         f"pip install 'jupyter-vkeys[hub]' ({exc})") from None
+    config = load_config(args.config)
+    if args.data_dir:
+        config.VKeysGateway.data_dir = args.data_dir
+    if args.fake:
+        config.VKeysGateway.fake_mode = "always"
+    serving_defaults(config, args.log_level)
+    install_uvloop(args.no_uvloop)
+    return asyncio.run(run_service(config, host=args.host, port=args.port, user=args.user))
 
 
 # -- admin backends ------------------------------------------------------------------
@@ -473,6 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(func=cmd_serve)
+
+    hub = sub.add_parser("hub-service", help=(
+        "run the gateway as a JupyterHub service (started by the Hub, or external)"))
+    hub.add_argument("--config", help="config file (.py with c.VKeysGateway.* and "
+                                      "c.VKeysHubService.*, or .json)")
+    hub.add_argument("--data-dir", help="where keys, audit and the warehouse live")
+    hub.add_argument("--host", help="listen address (default: from JUPYTERHUB_SERVICE_URL)")
+    hub.add_argument("--port", type=int, help="listen port (default: from "
+                                              "JUPYTERHUB_SERVICE_URL)")
+    hub.add_argument("--user", help="OS user to run as (start as root): the data directory "
+                                    "becomes theirs, mode 0700")
+    hub.add_argument("--fake", action="store_true", help="answer every model from the "
+                                                         "offline fake provider")
+    hub.add_argument("--no-uvloop", action="store_true", help="use asyncio's default loop")
+    hub.add_argument("--log-level", default="INFO",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    hub.set_defaults(func=cmd_hub_service)
 
     keys = sub.add_parser("keys", help="create, list, show, update, revoke, rotate keys")
     keys_sub = keys.add_subparsers(dest="action", required=True)

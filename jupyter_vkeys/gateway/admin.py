@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import orjson
 import tornado.web
@@ -28,6 +28,7 @@ from .._version import __version__
 from ..policy import PolicyError
 from ..registry import InvalidKeyRequest, KeyNotFound
 from ..runtime import ControlPlane, OperationError
+from .admin_reach import AdminReach
 from .core import VKeysGateway
 from .dataplane import DataPlaneHandler, public_endpoint
 from .errors import ApiError
@@ -64,6 +65,8 @@ class AdminMixin:
 
     gateway: VKeysGateway
     query_params: tuple[str, ...] = ()  # the query parameters the route takes
+    # what an unauthenticated caller is told to send (the Hub service's base says its own)
+    login_hint = "send the Jupyter server's token (Authorization: token <token>) or log in"
 
     def set_default_headers(self) -> None:
         self.set_header("content-type", "application/json")
@@ -108,6 +111,34 @@ class AdminMixin:
         self.set_header("content-type", "application/json")
         self.finish(orjson.dumps({"error": {"message": message, "type": kind}}))
 
+    def reach(self) -> AdminReach | None:
+        """What the acting admin may act on: None (everything) unless the auth base class
+        (mixed in after this one) has an ``admin_reach()`` that limits it, as a Hub group
+        admin's does. Called after :meth:`admin_actor` succeeded."""
+        limited = getattr(self, "admin_reach", None)
+        return limited() if limited is not None else None
+
+    def check_key_reach(self, key_id: str, fields: Mapping[str, Any] | None = None) -> None:
+        """Refuse (403) a key outside the admin's reach, or a change that would move it out
+        (``fields["team"]``). An unknown key passes: the operation answers 404."""
+        reach = self.reach()
+        if reach is None:
+            return
+        record = self.gateway.registry.get(key_id)
+        if record is not None and not reach.key(record):
+            raise AdminError(403, f"key {key_id} is not one of {reach.describe()} that you "
+                                  "administer", "permission_error")
+        if fields and "team" in fields and not reach.key({"team": fields["team"]}):
+            raise AdminError(403, f"team {str(fields['team'])[:60]!r} is not one you "
+                                  f"administer ({reach.describe()})", "permission_error")
+
+    def check_scope_reach(self, scope: str) -> None:
+        """Refuse (403) a policy scope outside the admin's reach."""
+        reach = self.reach()
+        if reach is not None and not reach.scope(scope, self.gateway.registry.records.values()):
+            raise AdminError(403, f"scope {scope[:80]!r} is outside {reach.describe()} that "
+                                  "you administer", "permission_error")
+
     @property
     def control(self) -> ControlPlane:
         """The gateway's admin operations (validated before anything is written)."""
@@ -137,8 +168,7 @@ class AdminMixin:
         """Called by ``web.authenticated`` (the Jupyter extension's admin methods) for a
         caller nobody authenticated: a JSON API answers 403, never a redirect to a login
         page (which a client following redirects would read as 200)."""
-        raise tornado.web.HTTPError(403, "not authenticated: send the Jupyter server's "
-                                         "token (Authorization: token <token>) or log in")
+        raise tornado.web.HTTPError(403, f"not authenticated: {self.login_hint}")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Tornado's and Jupyter's own refusals (405, Jupyter's 403 before the handler
@@ -152,8 +182,7 @@ class AdminMixin:
             except (TypeError, ValueError):
                 detail = exc.log_message
         elif status_code == 403 and self.current_user is None:
-            detail = ("not authenticated: send the Jupyter server's token "
-                      "(Authorization: token <token>) or log in")
+            detail = f"not authenticated: {self.login_hint}"
         if detail:
             message += f": {detail}"
         kind = {401: "authentication_error", 403: "permission_error"}.get(status_code,
@@ -169,23 +198,40 @@ class KeysMixin(AdminMixin):
     def get(self) -> None:
         def action(actor: str) -> None:
             wanted = {k: self.query(k) for k in self.query_params}
-            self.reply(self.control.list_keys(wanted))
+            listing = self.control.list_keys(wanted)
+            reach = self.reach()
+            if reach is not None:
+                listing["keys"] = [row for row in listing["keys"] if reach.key(row)]
+            self.reply(listing)
         self.run(action)
 
     def post(self) -> None:
-        self.run(lambda actor: self.reply(self.control.create_key(self.json_body(),
-                                                                  actor=actor), 201))
+        def action(actor: str) -> None:
+            body = self.json_body()
+            reach = self.reach()
+            if reach is not None and not reach.key({"team": body.get("team", "")}):
+                raise AdminError(403, f"a key you create must have a team you administer "
+                                      f"({reach.describe()}); set \"team\"",
+                                 "permission_error")
+            self.reply(self.control.create_key(body, actor=actor), 201)
+        self.run(action)
 
 
 class KeyMixin(AdminMixin):
     """``GET|PATCH /keys/{id}``."""
 
     def get(self, key_id: str) -> None:
-        self.run(lambda actor: self.reply(self.control.get_key(key_id)))
+        def action(actor: str) -> None:
+            self.check_key_reach(key_id)
+            self.reply(self.control.get_key(key_id))
+        self.run(action)
 
     def patch(self, key_id: str) -> None:
-        self.run(lambda actor: self.reply(self.control.update_key(key_id, self.json_body(),
-                                                                  actor=actor)))
+        def action(actor: str) -> None:
+            body = self.json_body()
+            self.check_key_reach(key_id, body)
+            self.reply(self.control.update_key(key_id, body, actor=actor))
+        self.run(action)
 
 
 class KeyActionMixin(AdminMixin):
@@ -193,6 +239,7 @@ class KeyActionMixin(AdminMixin):
 
     def post(self, key_id: str, verb: str) -> None:
         def action(actor: str) -> None:
+            self.check_key_reach(key_id)
             if verb == "revoke":
                 self.reply(self.control.revoke_key(key_id, actor=actor))
             else:
@@ -204,25 +251,39 @@ class PoliciesMixin(AdminMixin):
     """``GET /policies``: every scope policy with its spend."""
 
     def get(self) -> None:
-        self.run(lambda actor: self.reply(self.control.list_policies()))
+        def action(actor: str) -> None:
+            listing = self.control.list_policies()
+            reach = self.reach()
+            if reach is not None:
+                records = list(self.gateway.registry.records.values())
+                listing["policies"] = [p for p in listing["policies"]
+                                       if reach.scope(p.get("scope", ""), records)]
+            self.reply(listing)
+        self.run(action)
 
 
 class PolicyMixin(AdminMixin):
     """``GET|PUT|PATCH|DELETE /policies/{scope}`` (scope: global, user:x, team:x, project:x)."""
 
+    def _scoped(self, scope: str, operation) -> None:
+        def action(actor: str) -> None:
+            self.check_scope_reach(scope)
+            self.reply(operation(actor))
+        self.run(action)
+
     def get(self, scope: str) -> None:
-        self.run(lambda actor: self.reply(self.control.get_policy(scope)))
+        self._scoped(scope, lambda actor: self.control.get_policy(scope))
 
     def put(self, scope: str) -> None:
-        self.run(lambda actor: self.reply(self.control.set_policy(scope, self.json_body(),
-                                                                  actor=actor)))
+        self._scoped(scope, lambda actor: self.control.set_policy(scope, self.json_body(),
+                                                                  actor=actor))
 
     def patch(self, scope: str) -> None:
-        self.run(lambda actor: self.reply(self.control.set_policy(
-            scope, self.json_body(), actor=actor, replace=False)))
+        self._scoped(scope, lambda actor: self.control.set_policy(
+            scope, self.json_body(), actor=actor, replace=False))
 
     def delete(self, scope: str) -> None:
-        self.run(lambda actor: self.reply(self.control.delete_policy(scope, actor=actor)))
+        self._scoped(scope, lambda actor: self.control.delete_policy(scope, actor=actor))
 
 
 class AuditMixin(AdminMixin):
@@ -231,8 +292,15 @@ class AuditMixin(AdminMixin):
     query_params = ("since", "limit")
 
     def get(self) -> None:
-        self.run(lambda actor: self.reply(self.control.audit(self.query("since"),
-                                                             self.query("limit"))))
+        def action(actor: str) -> None:
+            reach = self.reach()
+            if reach is not None:
+                raise AdminError(403, "the audit trail is for admins of everything; you "
+                                      f"administer {reach.describe()} (ask for "
+                                      "custom:vkeys:admin without a group filter)",
+                                 "permission_error")
+            self.reply(self.control.audit(self.query("since"), self.query("limit")))
+        self.run(action)
 
 
 class HealthHandler(tornado.web.RequestHandler):

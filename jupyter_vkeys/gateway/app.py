@@ -106,12 +106,15 @@ def _bytes_written(handler: tornado.web.RequestHandler) -> int:
         return 0
 
 
-def make_app(gateway: VKeysGateway, *, admin: bool = True) -> tornado.web.Application:
-    """A standalone tornado application serving one started gateway (``admin=False``:
-    only the routes a virtual key opens)."""
-    routes = gateway_handlers(gateway) if admin else \
-        key_handlers(gateway) + fallback_handlers(gateway)
+def make_app(gateway: VKeysGateway, *, admin: bool = True, routes: list[tuple] | None = None,
+             **settings) -> tornado.web.Application:
+    """A tornado application serving one started gateway: every route (``admin=False``:
+    only the routes a virtual key opens), or ``routes`` given by the host (the Hub
+    service adds its own) with extra tornado ``settings``."""
+    if routes is None:
+        routes = gateway_handlers(gateway) if admin else \
+            key_handlers(gateway) + fallback_handlers(gateway)
     fallback = fallback_handlers(gateway)[0]
     return tornado.web.Application(routes, compress_response=False, log_function=log_request,
                                    default_handler_class=fallback[1],
-                                   default_handler_args=fallback[2])
+                                   default_handler_args=fallback[2], **settings)

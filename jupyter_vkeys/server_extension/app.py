@@ -20,6 +20,7 @@ Configuration: ``c.VKeysApp.*`` for the Jupyter side (below) and
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -31,6 +32,7 @@ from ..gateway.lean_server import LeanServer, listening_socket
 from ..registry import InvalidKeyRequest, check_name
 from ..runtime import DataDirBusy
 from .auth import JupyterAdminAuth, jupyter_admin_method
+from .hub_broker import HubKernelKeyBroker, hub_service_url, under_hub
 from .identity import apply_personal_identity, os_user
 from .kernel_keys import KernelKeyBroker, set_active
 from .provisioning import ProvisionerNotice, restore_default, use_vkeys_provisioner
@@ -94,7 +96,16 @@ class VKeysApp(ExtensionApp):
         "port; -1 turns it off, and kernels use this server's own URL + /vkeys. Unused when "
         "gateway_url is set.")).tag(config=True)
 
+    hub_service_url = Unicode("", help=(
+        "Under JupyterHub: the URL of the jupyter-vkeys Hub service, prefix included (e.g. "
+        "http://127.0.0.1:10101/services/vkeys). Default: $VKEYS_HUB_SERVICE_URL, which the "
+        "hub admin sets in c.Spawner.environment. When set under a Hub, this server runs no "
+        "gateway and holds no provider key, store or warehouse: its kernels get their keys "
+        "from the service, with this server's Hub token.")).tag(config=True)
+
     kernel_front: LeanServer | None = None
+    gateway: VKeysGateway | None = None
+    hub_broker: HubKernelKeyBroker | None = None
     previous_provisioner: str | None = None
     user_name: str = ""
 
@@ -106,15 +117,27 @@ class VKeysApp(ExtensionApp):
         self.previous_provisioner = use_vkeys_provisioner(serverapp)
         self.user_name = apply_personal_identity(serverapp, self.personal_user)
 
+    @property
+    def service_url(self) -> str:
+        """The Hub service this server uses for its kernels' keys ('' outside a Hub, or
+        when none is configured)."""
+        return hub_service_url(self.hub_service_url) if under_hub() else ""
+
     def initialize_settings(self) -> None:
-        """Build the gateway from config (started later, in the async start hook)."""
+        """Build the gateway from config (started later, in the async start hook); under
+        a Hub with a vkeys service, no gateway at all."""
         _share_server_log(self.serverapp)
+        if self.service_url:
+            self.settings["vkeys_admin_users"] = set()
+            return
         self.gateway = VKeysGateway(parent=self, config=self.config)
         self.settings["vkeys_admin_users"] = set(self.admin_users)
         self.settings["vkeys_gateway"] = self.gateway
 
     def initialize_handlers(self) -> None:
         """Mount the gateway's routes (ExtensionApp prefixes them with base_url)."""
+        if self.gateway is None:
+            return  # under a Hub: the service serves every route
         self.handlers.extend(gateway_handlers(self.gateway, admin_auth=JupyterAdminAuth,
                                               admin_decorate=jupyter_admin_method))
 
@@ -122,6 +145,9 @@ class VKeysApp(ExtensionApp):
         """Called by jupyter_server once its loop runs: open store and warehouse, set up
         per-kernel keys."""
         await super()._start_jupyter_server_extension(serverapp)
+        if self.gateway is None:
+            self._start_hub_client(serverapp)
+            return
         try:
             await self.gateway.start()
         except (DataDirBusy, ValueError) as exc:
@@ -162,6 +188,21 @@ class VKeysApp(ExtensionApp):
         log.info("jupyter-vkeys: gateway at %s%s", serverapp.base_url.rstrip("/"),
                  self.gateway.prefix)
 
+    def _start_hub_client(self, serverapp) -> None:
+        """Under a Hub: kernels get their keys from the service (no gateway here)."""
+        ProvisionerNotice(serverapp).listen()
+        if not self.inject_kernel_keys:
+            set_active(None, reason="kernel keys are off (c.VKeysApp.inject_kernel_keys)")
+            log.info("jupyter-vkeys: kernel keys are off (c.VKeysApp.inject_kernel_keys)")
+            return
+        self.hub_broker = HubKernelKeyBroker(
+            self.service_url, api_token=os.environ["JUPYTERHUB_API_TOKEN"],
+            server_name=os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
+            root_dir=serverapp.root_dir, denylist=tuple(self.kernel_env_denylist))
+        set_active(self.hub_broker)
+        log.info("jupyter-vkeys: under JupyterHub; kernels get their keys from the service "
+                 "at %s (no gateway runs in this server)", self.service_url)
+
     async def _kernel_url(self, serverapp) -> str:
         """Where kernels reach the gateway: the loopback front (started here) unless it is
         turned off or its port is taken, else this server's own routes."""
@@ -187,9 +228,12 @@ class VKeysApp(ExtensionApp):
         """Called by jupyter_server at shutdown: close the gateway cleanly."""
         set_active(None)
         restore_default(self.previous_provisioner)
+        if self.hub_broker is not None:
+            await self.hub_broker.server_stopped()
         if self.kernel_front is not None:
             self.kernel_front.stop()
-        await self.gateway.stop()
+        if self.gateway is not None:
+            await self.gateway.stop()
 
 
 def _share_server_log(serverapp: Any) -> None:

@@ -165,16 +165,10 @@ class KernelKeyBroker:
         else:
             current = self.kernels[kernel_id] = self._mint(kernel_id, notebook,
                                                            user or self.default_user)
-        openai_base = f"{self.url}/openai/v1"
-        env.update({
-            "OPENAI_API_KEY": current.token, "OPENAI_BASE_URL": openai_base,
-            "OPENAI_API_BASE": openai_base,  # llama-index and pre-1.0 clients read this one
-            "ANTHROPIC_API_KEY": current.token, "ANTHROPIC_BASE_URL": f"{self.url}/anthropic",
-            "VKEYS_URL": self.url, "VKEYS_KEY_ID": current.key_id,
-        })
+        env = key_environment(env, url=self.url, token=current.token, key_id=current.key_id)
         if self.api_url:
             env["VKEYS_API_URL"] = self.api_url
-        return bypass_proxy(env, self.url)
+        return env
 
     def _mint(self, kernel_id: str, notebook: str, user: str) -> KernelKey:
         project = self.project_of(notebook) if notebook else ""
@@ -206,6 +200,22 @@ class KernelKeyBroker:
         kernel = self.kernels.pop(kernel_id, None)
         if kernel is not None and self.gateway.registry.get(kernel.key_id) is not None:
             self.gateway.registry.revoke(kernel.key_id, actor=ACTOR)
+
+
+def key_environment(env: dict[str, str], *, url: str, token: str, key_id: str
+                    ) -> dict[str, str]:
+    """``env`` with a kernel's key and the gateway's URLs in, for both SDKs and the
+    ``jupyter_vkeys.kernel`` helpers. Called for every kernel start, by the in-process
+    broker here and by the Hub client (:mod:`.hub_broker`)."""
+    url = url.rstrip("/")
+    openai_base = f"{url}/openai/v1"
+    env.update({
+        "OPENAI_API_KEY": token, "OPENAI_BASE_URL": openai_base,
+        "OPENAI_API_BASE": openai_base,  # llama-index and pre-1.0 clients read this one
+        "ANTHROPIC_API_KEY": token, "ANTHROPIC_BASE_URL": f"{url}/anthropic",
+        "VKEYS_URL": url, "VKEYS_KEY_ID": key_id,
+    })
+    return bypass_proxy(env, url)
 
 
 def bypass_proxy(env: dict[str, str], url: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ strips secrets, injects nothing, and logs why.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from typing import Any
@@ -63,11 +64,13 @@ class VKeysProvisioner(LocalProvisioner):
                         kernel_keys.NO_BROKER_REASON, self.kernel_id)
             kwargs["env"] = strip_secrets(env)
         else:
-            kwargs["env"] = broker.launch_env(self.kernel_id, env, _requesting_user())
+            launched = broker.launch_env(self.kernel_id, env, _requesting_user())
+            # the Hub client (hub_broker) asks the service: an awaitable
+            kwargs["env"] = await launched if inspect.isawaitable(launched) else launched
             if _is_ipykernel(self.kernel_spec):
                 # cost per cell and %%vkeys dry_run (other languages: key and env only)
-                kwargs["extra_arguments"] = [*kwargs.get("extra_arguments", []),
-                                             CELLS_EXTENSION_ARG]
+                extra = [a for a in kwargs.get("extra_arguments", []) if a != CELLS_EXTENSION_ARG]
+                kwargs["extra_arguments"] = [*extra, CELLS_EXTENSION_ARG]
         return await super().pre_launch(**kwargs)
 
     async def cleanup(self, restart: bool = False) -> None:
@@ -76,4 +79,6 @@ class VKeysProvisioner(LocalProvisioner):
         await super().cleanup(restart=restart)
         broker = active_broker()
         if broker is not None and not restart:
-            broker.kernel_stopped(self.kernel_id)
+            stopped = broker.kernel_stopped(self.kernel_id)
+            if inspect.isawaitable(stopped):
+                await stopped

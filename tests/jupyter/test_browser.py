@@ -46,6 +46,17 @@ def _expected_reply(server: JupyterProcess) -> str:
     return reply.choices[0].message.content
 
 
+def server_story(log: str, limit: int = 12_000) -> str:
+    """The server log's lines about kernels, sessions, websockets and errors (the
+    language-server and static-file noise left out), for a failure's report."""
+    keep = ("ernel", "ession", "channels", "rror", "Traceback", "  File", "raise ",
+            "restart", "died", "jupyter_vkeys", "jupyter-vkeys", "WARNING", "[W ", "[E ")
+    lines = [line for line in log.splitlines() if any(k in line for k in keep)
+             and "language-server" not in line and "/static/" not in line]
+    text = "\n".join(lines)
+    return text[:limit // 3] + "\n...\n" + text[-2 * limit // 3:] if len(text) > limit else text
+
+
 def _accept_kernel_dialog(page) -> None:
     """Click "Select" in JupyterLab's kernel dialog if it is open (default kernel)."""
     button = page.locator(".jp-Dialog button", has_text="Select")
@@ -53,13 +64,45 @@ def _accept_kernel_dialog(page) -> None:
         button.first.click()
 
 
-def run_all_cells(page) -> None:
+def notebook_kernel(server: JupyterProcess) -> dict:
+    """The kernel of the notebook's session as the server reports it (``{}`` if none)."""
+    status, sessions = server.request("GET", "/api/sessions")
+    for session in sessions if status == 200 else []:
+        if session.get("path", "").endswith("quickstart.ipynb"):
+            return session.get("kernel") or {}
+    return {}
+
+
+def wait_for_idle_kernel(page, server: JupyterProcess, timeout: float = 120) -> None:
+    """Until the server says the notebook's kernel is idle (alive and answering), not
+    only the page's indicator: on a loaded machine the page can show "idle" for a kernel
+    that is still starting, or that died starting. A kernel that is dead or stuck is
+    restarted once through the REST API and the page reloaded, as a user would."""
+    deadline = time.monotonic() + timeout
+    restarted = False
+    while time.monotonic() < deadline:
+        kernel = notebook_kernel(server)
+        state = kernel.get("execution_state")
+        if state == "idle":
+            return
+        if not restarted and kernel and (state == "dead" or
+                                         time.monotonic() > deadline - timeout / 2):
+            print(f"kernel {kernel.get('id')} is {state!r}: restarting it")
+            server.request("POST", f"/api/kernels/{kernel['id']}/restart")
+            page.reload(timeout=90_000)
+            restarted = True
+        page.wait_for_timeout(500)
+    raise AssertionError(f"the notebook's kernel never became idle: {notebook_kernel(server)}")
+
+
+def run_all_cells(page, server: JupyterProcess) -> None:
     """Wait for the kernel, run every cell from the menu (Run > Run All Cells), and return
     once the last cells (%vkeys, the dry run, the estimate) have rendered."""
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    # The kernel is up when the toolbar's status says so.
+    # The kernel is up when the toolbar's status says so, and the server agrees.
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                            timeout=90_000)
+    wait_for_idle_kernel(page, server)
     for attempt in range(3):
         # On a loaded machine JupyterLab may still be attaching the notebook to its kernel
         # and ask which kernel to use ("Select Kernel"): accept the default, as a user
@@ -78,6 +121,11 @@ def run_all_cells(page) -> None:
         else:
             if attempt == 2:
                 raise AssertionError("Run All Cells ran no cell in 3 tries")
+            print(f"Run All Cells ran nothing (try {attempt + 1}); kernel: "
+                  f"{notebook_kernel(server)}")
+            page.reload(timeout=90_000)
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            wait_for_idle_kernel(page, server)
             continue
         break
     page.wait_for_function(
@@ -104,10 +152,11 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
             page.goto(f"{server.base}/lab/tree/quickstart.ipynb?token={server.token}",
                       timeout=90_000)
             try:
-                run_all_cells(page)
+                run_all_cells(page, server)
             except Exception:
                 page.screenshot(path=str(shot), full_page=True)
-                print(f"\nscreenshot at the failure: {shot}\n{server.log()[-3000:]}")
+                print(f"\nscreenshot at the failure: {shot}\nkernel: {notebook_kernel(server)}"
+                      f"\n{server_story(server.log())}")
                 raise
             text = page.locator(".jp-Notebook").inner_text()
             errors = page.locator(".jp-OutputArea-output[data-mime-type="

@@ -1,0 +1,197 @@
+"""A real JupyterHub for the tests: ``jupyterhub`` with configurable-http-proxy (npm),
+SimpleLocalProcessSpawner, DummyAuthenticator, on loopback ports, and the vkeys service
+configured by ``examples/jupyterhub/jupyterhub_config.py``, the file the README quotes,
+loaded unchanged.
+
+What the tests add around that file is what any hub has of its own: ports, an
+authenticator, a spawner, users and groups, and a driver service (standing in for the
+hub admin's own scripts) with a token to start and stop servers and to open kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SNIPPET = REPO / "examples" / "jupyterhub" / "jupyterhub_config.py"
+BIN = Path(sys.executable).parent
+DRIVER_TOKEN = "driver-token-0123456789abcdef0123456789abcdef"
+CHP = shutil.which("configurable-http-proxy")
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class HubProcess:
+    """``jupyterhub`` in ``root``; users, groups and the provider config given."""
+
+    def __init__(self, root: Path, *, users: dict[str, list[str]], service_config: dict,
+                 extra_config: str = "") -> None:
+        self.root = root
+        self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
+        self.service_port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.homes = root / "homes"
+        self.service_dir = root / "vkeys-service"
+        self.service_dir.mkdir(parents=True, mode=0o700)
+        self.data_dir = self.service_dir / "data"
+        self.service_config = self.service_dir / "config.json"
+        self.service_config.write_text(json.dumps(service_config))
+        groups: dict[str, list[str]] = {}
+        for user, user_groups in users.items():
+            for group in user_groups:
+                groups.setdefault(group, []).append(user)
+        hub_dir = root / "hub"
+        hub_dir.mkdir()
+        config = hub_dir / "jupyterhub_config.py"
+        config.write_text(textwrap.dedent(f"""
+            # the test's own hub: ports, authenticator, spawner, users, a driver service
+            c.JupyterHub.ip = "127.0.0.1"
+            c.JupyterHub.port = {self.port}
+            c.JupyterHub.hub_ip = "127.0.0.1"
+            c.JupyterHub.hub_port = {self.hub_port}
+            c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.api_port}"
+            c.ConfigurableHTTPProxy.command = [{CHP!r}]
+            c.JupyterHub.db_url = "sqlite:///{hub_dir}/jupyterhub.sqlite"
+            c.JupyterHub.cookie_secret_file = "{hub_dir}/cookie_secret"
+            c.JupyterHub.pid_file = "{hub_dir}/jupyterhub.pid"
+            c.JupyterHub.authenticator_class = "dummy"
+            c.DummyAuthenticator.password = "test-password"
+            c.Authenticator.allowed_users = {set(users)!r}
+            c.JupyterHub.spawner_class = "simple"
+            c.SimpleLocalProcessSpawner.home_dir_template = "{self.homes}/{{username}}"
+            c.Spawner.args = ["--allow-root"]
+            c.Spawner.start_timeout = 120
+            c.Spawner.http_timeout = 120
+
+            load_subconfig({str(SNIPPET)!r})
+
+            c.JupyterHub.load_groups = {groups!r}
+            c.JupyterHub.services.append({{"name": "driver", "api_token": {DRIVER_TOKEN!r}}})
+            c.JupyterHub.load_roles.append({{
+                "name": "driver", "services": ["driver"],
+                "scopes": ["admin:users", "admin:servers", "admin:server_state",
+                           "access:servers", "list:users", "read:users", "tokens"]}})
+        """) + extra_config + "\n")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("JUPYTER", "OPENAI", "ANTHROPIC", "VKEYS"))}
+        env.update({"PATH": f"{BIN}:{env.get('PATH', '')}",
+                    "VKEYS_SERVICE_PORT": str(self.service_port),
+                    "VKEYS_SERVICE_CONFIG": str(self.service_config),
+                    "VKEYS_SERVICE_DATA_DIR": str(self.data_dir),
+                    "PYTHONUNBUFFERED": "1"})
+        self.log_path = hub_dir / "jupyterhub.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [str(BIN / "jupyterhub"), "-f", str(config)], cwd=hub_dir, env=env,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait(lambda: request("GET", f"{self.base}/hub/health")[0] == 200, "the Hub", 90)
+        self._wait(lambda: self._service_up(), "the vkeys service", 60)
+
+    # -- plumbing --------------------------------------------------------------------
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def _wait(self, check, what: str, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"jupyterhub exited:\n{self.log()[-5000:]}")
+            try:
+                if check():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"{what} did not come up in {timeout} s:\n{self.log()[-5000:]}")
+
+    def _service_up(self) -> bool:
+        status, _ = request("GET", f"{self.service_url}/api/health")
+        return status == 200
+
+    @property
+    def service_url(self) -> str:
+        """The service, reached directly (what kernels use)."""
+        return f"http://127.0.0.1:{self.service_port}/services/vkeys"
+
+    def hub(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """The Hub's REST API as the driver service."""
+        return request(method, f"{self.base}/hub/api{path}", body, token=DRIVER_TOKEN)
+
+    # -- servers -----------------------------------------------------------------------
+    def start_server(self, user: str) -> None:
+        status, body = self.hub("POST", f"/users/{user}/server")
+        assert status in (201, 202), (status, body)
+        self._wait(lambda: (self.hub("GET", f"/users/{user}")[1] or {}).get(
+            "servers", {}).get("", {}).get("ready"), f"{user}'s server", 120)
+
+    def stop_server(self, user: str) -> None:
+        status, body = self.hub("DELETE", f"/users/{user}/server")
+        assert status in (202, 204), (status, body)
+        self._wait(lambda: "" not in (self.hub("GET", f"/users/{user}")[1] or {}).get(
+            "servers", {"": 1}), f"{user}'s server to stop", 60)
+
+    def server_pid(self, user: str) -> int:
+        status, model = self.hub("GET", f"/users/{user}")
+        return int(model["servers"][""]["state"]["pid"])
+
+    def user_url(self, user: str) -> str:
+        return f"{self.base}/user/{user}"
+
+    def start_kernel(self, user: str) -> str:
+        status, kernel = request("POST", f"{self.user_url(user)}/api/kernels",
+                                 {"name": "python3"}, token=DRIVER_TOKEN)
+        assert status == 201, (status, kernel, self.log()[-3000:])
+        return kernel["id"]
+
+    def execute(self, user: str, kernel_id: str, code: str, timeout: float = 90) -> dict:
+        import asyncio
+
+        from servers import ws_execute
+        return asyncio.run(ws_execute(self.user_url(user), DRIVER_TOKEN, kernel_id, code,
+                                      timeout))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+def request(method: str, url: str, body: Any = None, *, token: str = "",
+            headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, Any]:
+    """One HTTP request; status and decoded JSON (or text)."""
+    data = None if body is None else json.dumps(body).encode()
+    all_headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   **(headers or {})}
+    if token:
+        all_headers["Authorization"] = f"token {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=all_headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")

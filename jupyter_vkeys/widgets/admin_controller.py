@@ -139,6 +139,7 @@ class AdminController:
         self.problem: ApiProblem | None = None  # why the last refresh failed, if it did
         self.refreshed_at: float | None = None
         self.audit_rows: list[dict[str, Any]] = []
+        self.audit_problem: ApiProblem | None = None  # the audit trail refused (403)
         self._audit_seq = 0
         self._lock = threading.RLock()
         try:
@@ -179,8 +180,18 @@ class AdminController:
             return True
 
     def _fetch_audit(self) -> None:
+        """New audit rows since the last refresh. An admin whose reach is limited (a
+        group admin on a hub) may be refused the audit trail while the rest answers:
+        :attr:`audit_problem` says so and the panel works without it."""
         while True:
-            batch = self.client.get("/audit", since=self._audit_seq, limit=1000)["audit"]
+            try:
+                batch = self.client.get("/audit", since=self._audit_seq, limit=1000)["audit"]
+            except ApiProblem as exc:
+                if exc.status != 403:
+                    raise
+                self.audit_problem = exc
+                return
+            self.audit_problem = None
             self.audit_rows.extend(batch)
             if batch:
                 self._audit_seq = batch[-1]["seq"]

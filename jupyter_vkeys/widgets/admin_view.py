@@ -373,6 +373,10 @@ class AdminPanel(w.VBox):
         if not self.selected:
             self.audit.value = wrap("<i>select a row to see who changed what</i>")
             return
+        refused = self.controller.audit_problem
+        if refused is not None:
+            self.audit.value = notice_html("info", f"no audit trail: {refused.message}")
+            return
         rows = self.controller.audit_of(self.selected)
         self.audit.value = table_html(
             ["when", "who", "what", "after"],

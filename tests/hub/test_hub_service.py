@@ -370,6 +370,72 @@ def test_a_call_through_the_hub_proxy_needs_no_hub_token(world):
     assert status == 200, body
 
 
+PANEL = """
+import json
+from jupyter_vkeys.widgets import AdminPanel
+panel = AdminPanel(interval=60)
+ctl = panel.controller
+out = {"problem": str(ctl.problem or ""), "not_admin": ctl.not_admin,
+       "rows": [r.scope for r in ctl.rows], "denied": panel.denied.value,
+       "audit": str(ctl.audit_problem or ""),
+       "url": ctl.client.api_url if ctl.client else "",
+       "scheme": ctl.client.scheme if ctl.client else ""}
+if ACTION and not ctl.not_admin:
+    panel.select("user:bob")
+    panel.budget_fields["day"][0].value = DAY_CAP
+    panel.save.click()
+    out["notice"] = panel.notice.value
+panel.close()
+print("RESULT" + json.dumps(out))
+"""
+
+BOB_CALLS = """
+import json, openai
+from jupyter_vkeys.widgets import MyUsage
+try:
+    openai.OpenAI(max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    outcome = "answered"
+except openai.RateLimitError as exc:
+    outcome = f"429: {exc}"
+usage = MyUsage(interval=60)
+print("RESULT" + json.dumps({"outcome": outcome, "problem": str(usage.controller.problem or ""),
+                             "calls": len(usage.controller.calls),
+                             "summary": usage.summary.value}))
+usage.close()
+"""
+
+
+def test_the_admin_panel_in_carols_server_caps_bobs_kernel(world):
+    """Issue 14 on a hub: the AdminPanel in the admin's own single-user server, with the
+    Hub token her kernel inherits, lowers bob's cap; bob's next call (his kernel, his
+    key) is refused. A group admin sees her group's people only; a user who is no admin
+    sees the "not an admin" state. MyUsage in bob's kernel reads the service."""
+    def panel(user: str, action: bool, cap: str = "") -> dict:
+        code = f"ACTION = {action!r}\nDAY_CAP = {cap!r}\n" + PANEL
+        return world.run(user, code)
+
+    carol = panel("carol", True, "0.000001")
+    assert carol["problem"] == "" and carol["scheme"] == "token", carol
+    assert carol["url"] == world.hub.service_url + "/api"
+    assert {"user:alice", "user:bob"} <= set(carol["rows"]), carol["rows"]
+    assert "saved the limits of user:bob" in carol["notice"], carol
+    bob = world.run("bob", BOB_CALLS)
+    assert bob["outcome"].startswith("429") and "user:bob" in bob["outcome"], bob
+    assert bob["problem"] == "" and bob["calls"] >= 1 and "bob" in bob["summary"], bob
+
+    dana = panel("dana", False)  # admin of the students group only
+    assert dana["problem"] == "" and "user:bob" in dana["rows"], dana
+    assert "user:alice" not in dana["rows"], dana["rows"]
+    assert "admins of everything" in dana["audit"], dana  # said, and the rest works
+    alice = panel("alice", False)
+    assert alice["not_admin"] and "not a jupyter-vkeys admin" in alice["denied"], alice
+
+    carol = panel("carol", True, "")  # bob's day cap removed again
+    assert "saved the limits of user:bob" in carol["notice"], carol
+    assert world.run("bob", BOB_CALLS)["outcome"] == "answered"
+
+
 def test_stopping_bobs_server_revokes_his_kernel_keys(world):
     bob_key = world.env["bob"]["OPENAI_API_KEY"]
     world.hub.stop_server("bob")

@@ -436,6 +436,70 @@ def test_the_admin_panel_in_carols_server_caps_bobs_kernel(world):
     assert world.run("bob", BOB_CALLS)["outcome"] == "answered"
 
 
+def test_in_a_browser_carol_caps_bob_by_clicking_in_her_admin_panel(world, tmp_path):
+    """Issue 14's browser test on a hub: carol logs in through the Hub, opens
+    notebooks/admin_caps.ipynb in her own JupyterLab, runs it, clicks bob's row, types a
+    lower day cap and saves; bob's next call, in his own kernel, is refused."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_widgets_browser import ARGS, run_all_and_wait_for_panel
+
+    notebook = json.loads((HERE.parents[1] / "notebooks" / "admin_caps.ipynb").read_text())
+    status, body = request("PUT", f"{world.hub.user_url('carol')}/api/contents/admin_caps.ipynb",
+                           {"type": "notebook", "format": "json", "content": notebook},
+                           token=DRIVER_TOKEN)
+    assert status in (200, 201), body
+    shot = tmp_path / "hub_admin_caps.png"
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(chromium), headless=True,
+                                         args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1600})
+                page.goto(f"{world.hub.base}/hub/login?next=/user/carol/lab/tree/"
+                          "admin_caps.ipynb", timeout=60_000)
+                page.fill("input[name=username]", "carol")
+                page.fill("input[name=password]", "test-password")
+                page.click("input[type=submit], button[type=submit]")
+                try:
+                    run_all_and_wait_for_panel(page)
+                    page.locator(".vkeys-admin .vkeys-row-select[title='user:bob']").click()
+                    page.wait_for_function(
+                        "document.querySelector('.vkeys-admin .vkeys-editing')"
+                        "?.innerText.includes('user:bob')", timeout=30_000)
+                    page.locator(".vkeys-admin .vkeys-budget-day input").fill("0.000001")
+                    page.locator(".vkeys-admin .vkeys-budget-day input").press("Tab")
+                    page.locator(".vkeys-admin .vkeys-save").click()
+                    page.wait_for_selector(".vkeys-admin .vkeys-notice-ok", timeout=30_000)
+                    notice = page.locator(".vkeys-admin .vkeys-notice").inner_text()
+                    with ThreadPoolExecutor(1) as pool:  # playwright's loop runs here
+                        bob = pool.submit(world.run, "bob", BOB_CALLS).result()
+                    page.wait_for_selector(".vkeys-admin .vkeys-s-user-bob "
+                                           ".vkeys-row-exhausted", timeout=30_000)
+                    page.locator(".vkeys-admin .vkeys-s-user-bob").scroll_into_view_if_needed()
+                    page.screenshot(path=str(shot), full_page=True)
+                except Exception:
+                    page.screenshot(path=str(shot), full_page=True)
+                    print(f"at {page.url} (screenshot {shot}):\n"
+                          f"{page.inner_text('body')[:2000]}\n{world.hub.log()[-4000:]}")
+                    raise
+            finally:
+                browser.close()
+    finally:  # bob's day cap removed again, for the tests after this one
+        world.run("carol", "ACTION = True\nDAY_CAP = ''\n" + PANEL)
+    shots = os.environ.get("VKEYS_SCREENSHOT_DIR")
+    if shots and Path(shots).is_dir():
+        Path(shots, shot.name).write_bytes(shot.read_bytes())
+    print(f"screenshot: {shot}")
+    assert "saved the limits of user:bob" in notice, notice
+    assert bob["outcome"].startswith("429") and "user:bob" in bob["outcome"], bob
+    assert world.run("bob", BOB_CALLS)["outcome"] == "answered"
+
+
 def test_stopping_bobs_server_revokes_his_kernel_keys(world):
     bob_key = world.env["bob"]["OPENAI_API_KEY"]
     world.hub.stop_server("bob")

@@ -360,9 +360,7 @@ class AdminController:
                 return self._say(Notice("error", problem.message, problem.advice))
             try:
                 action()
-            except ApiProblem as exc:
-                if exc.not_admin:
-                    self.not_admin = True
+            except ApiProblem as exc:  # a group admin out of reach: said, panel kept
                 return self._say(Notice("error", exc.message, exc.advice, exc.status))
             self.refresh()
             return self._say(Notice("ok", success))

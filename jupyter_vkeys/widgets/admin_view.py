@@ -293,13 +293,15 @@ class AdminPanel(w.VBox):
         self.save.disabled = row is None
         self.revoke.disabled = self.rotate.disabled = not (is_key and row.state == "active")
         self.expires.disabled = not is_key
+        # the form first, then the heading: a frontend that sees the heading change sees
+        # the selected row's values already in place
         if row is None:
-            self.editing.value = "<i>select a row to edit its limits</i>"
             self._fill(LimitsForm())
+            self.editing.value = "<i>select a row to edit its limits</i>"
         else:
+            self._fill(self.controller.form_for(row.scope))
             self.editing.value = wrap(f"editing <b>{html.escape(row.scope)}</b> "
                                       f"({html.escape(row.name)})", "vkeys-editing")
-            self._fill(self.controller.form_for(row.scope))
         self._draw_audit()
 
     def _fill(self, form: LimitsForm) -> None:

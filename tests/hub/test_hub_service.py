@@ -473,6 +473,9 @@ def test_in_a_browser_carol_caps_bob_by_clicking_in_her_admin_panel(world, tmp_p
                         "?.innerText.includes('user:bob')", timeout=30_000)
                     page.locator(".vkeys-admin .vkeys-budget-day input").fill("0.000001")
                     page.locator(".vkeys-admin .vkeys-budget-day input").press("Tab")
+                    page.wait_for_function("document.querySelector('.vkeys-admin "
+                                           ".vkeys-budget-day input').value == '0.000001'",
+                                           timeout=10_000)
                     page.locator(".vkeys-admin .vkeys-save").click()
                     page.wait_for_selector(".vkeys-admin .vkeys-notice-ok", timeout=30_000)
                     notice = page.locator(".vkeys-admin .vkeys-notice").inner_text()

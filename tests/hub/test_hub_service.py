@@ -453,6 +453,7 @@ def test_in_a_browser_carol_caps_bob_by_clicking_in_her_admin_panel(world, tmp_p
                            {"type": "notebook", "format": "json", "content": notebook},
                            token=DRIVER_TOKEN)
     assert status in (200, 201), body
+    assert world.run("bob", BOB_CALLS)["outcome"] == "answered"  # bob has spent today
     shot = tmp_path / "hub_admin_caps.png"
     try:
         with sync_api.sync_playwright() as pw:

@@ -55,6 +55,12 @@ ADDRESS_FILE = "gateway.json"
 MAX_AUDIT_LIMIT = 10000
 MAX_SEQ = 2**63 - 1
 KEY_STATES = ("active", "revoked", "expired")
+MAX_CALLS_LIMIT = 1000
+# What /api/me/calls shows of each call (never prompt text or hashes).
+CALL_FIELDS = ("request_id", "start_time", "end_time", "key_id", "key_alias", "parent_key_id",
+               "kernel_id", "notebook_path", "cell_id", "execution_count", "provider",
+               "operation", "request_model", "response_model", "status", "http_status",
+               "input_tokens", "output_tokens", "cost_usd", "latency_ms", "budget_warning")
 
 
 class OperationError(Exception):
@@ -394,6 +400,32 @@ class ControlPlane:
             limits.append(report)
         view["limits"] = limits
         return view
+
+    def my_calls(self, record: KeyRecord, limit: Any = None) -> dict[str, Any]:
+        """``GET /api/me/calls?limit=<n>``: the caller's recent calls, newest first.
+
+        Called by the handler behind ``/api/me/calls`` (the ``MyUsage`` widget asks it
+        with the kernel's own key). The caller's calls are those of its owner (a user's
+        kernels, personal key and CI keys alike), or of the key alone when it has no
+        owner. They come from the gateway's in-memory ring of recent events (the
+        sink's, the last ``keep_recent`` calls since this process started); the
+        warehouse holds them all. No prompt text, no error bodies of other keys.
+        """
+        count = _query_int("limit", limit, 1, MAX_CALLS_LIMIT, 200)
+        owner = record.owner
+        events = getattr(self.gateway.sink, "events", None) or []
+        calls = []
+        for event in reversed(events):
+            if event.get("status") == "hold":
+                continue
+            mine = (event.get("user") == owner) if owner else event.get("key_id") == record.id
+            if mine:
+                calls.append({name: event.get(name) for name in CALL_FIELDS})
+                if len(calls) >= count:
+                    break
+        return {"owner": owner, "calls": calls, "source": "recent",
+                "note": "the gateway's most recent calls since it started; the warehouse "
+                        "holds every call"}
 
     def audit(self, since: Any = None, limit: Any = None) -> dict[str, Any]:
         """``GET /audit?since=<seq>&limit=<n>``: admin actions after ``since``, oldest

@@ -2,7 +2,7 @@
 
 Routes (JSON in, JSON out, errors as ``{"error": {"message", "type"}}``):
 
-- ``GET /health`` (no auth), ``GET /me`` (the calling virtual key),
+- ``GET /health`` (no auth), ``GET /me`` and ``GET /me/calls`` (the calling virtual key),
 - ``GET|POST /keys``, ``GET|PATCH /keys/{id}``, ``POST /keys/{id}/revoke``,
   ``POST /keys/{id}/rotate``,
 - ``GET /policies``, ``GET|PUT|PATCH|DELETE /policies/{scope}``,
@@ -340,11 +340,37 @@ class MeHandler(DataPlaneHandler):
         self.finish(orjson.dumps(self.gateway.control.me(record)))
 
 
+class MeCallsHandler(DataPlaneHandler):
+    """``GET /me/calls?limit=<n>``: the calling key's owner's recent calls (the
+    ``MyUsage`` widget's recent calls, cost per notebook and per cell)."""
+
+    @public_endpoint
+    def get(self) -> None:
+        try:
+            record = self.authenticate()
+        except ApiError as error:
+            self.send_api_error(error)
+            return
+        values = self.request.query_arguments.get("limit")
+        unknown = sorted(set(self.request.query_arguments) - {"limit"})
+        self.set_header("content-type", "application/json")
+        try:
+            if unknown:
+                raise AdminError(400, f"unknown query parameters {unknown[:5]!r}; this route "
+                                      "takes: limit")
+            limit = values[-1].decode("utf-8", "replace") if values else None
+            self.finish(orjson.dumps(self.gateway.control.my_calls(record, limit)))
+        except AdminError as exc:
+            self.set_status(exc.status)
+            self.finish(orjson.dumps({"error": {"message": exc.message, "type": exc.kind}}))
+
+
 def key_api_handlers(prefix: str, gateway: VKeysGateway) -> list[tuple]:
     """Routes of ``/api`` that take no admin credential: health and ``/api/me``."""
     api = prefix + "/api"
     return [(api + r"/health", HealthHandler, {"gateway": gateway}),
-            (api + r"/me", MeHandler, {"gateway": gateway, "dialect": "openai"})]
+            (api + r"/me", MeHandler, {"gateway": gateway, "dialect": "openai"}),
+            (api + r"/me/calls", MeCallsHandler, {"gateway": gateway, "dialect": "openai"})]
 
 
 def admin_handlers(prefix: str, gateway: VKeysGateway, auth_base: type = TokenAdminAuth,

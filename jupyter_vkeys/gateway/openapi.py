@@ -232,6 +232,19 @@ def openapi_document(api_url: str = "/vkeys/api") -> dict[str, Any]:
                           "400": _error("A header the server cannot take (for example "
                                         "'Authorization: Bearer ' with nothing after it)."),
                           "401": _error("No, malformed, unknown, revoked or expired key.")}}},
+        "/me/calls": {"get": {
+            "summary": "The calling key's owner's recent calls, newest first (from the "
+                       "gateway's in-memory ring since it started; the warehouse has all)",
+            "security": [{"virtualKey": []}],
+            "parameters": [{"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+            "responses": {"200": _ok({"type": "object", "required": ["calls"], "properties": {
+                              "owner": {"type": "string"}, "source": {"type": "string"},
+                              "note": {"type": "string"},
+                              "calls": {"type": "array", "items": {"type": "object"}}}}),
+                          "400": _error("limit is not an integer from 1 to 1000, or an "
+                                        "unknown query parameter."),
+                          "401": _error("No, malformed, unknown, revoked or expired key.")}}},
         "/cells": {"post": {
             "summary": "A kernel's cell starts (its key's calls belong to it) or ends (its "
                        "summary: calls, tokens, cost, dry-run estimates, tightest budget)",

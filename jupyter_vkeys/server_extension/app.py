@@ -176,7 +176,8 @@ class VKeysApp(ExtensionApp):
                 marker=self.project_marker, default_policy=self.default_policy,
                 project_policy=self.project_policy,
                 denylist=[*self.kernel_env_denylist, *self.provider_variables],
-                default_user=self.user_name or self.personal_user or os_user())
+                default_user=self.user_name or self.personal_user or os_user(),
+                api_url=route_prefix(self.gateway, serverapp.connection_url) + "/api")
             set_active(broker)
             self.broker = broker
             try:

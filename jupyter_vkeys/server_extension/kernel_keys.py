@@ -11,7 +11,8 @@ kernel provisioner: :meth:`~KernelKeyBroker.launch_env` when a kernel starts
 - a child key per kernel, spending against the parent's budgets and carrying
   the kernel id and notebook path into every event; reused across restarts,
   revoked when the kernel shuts down;
-- the kernel environment: provider secrets removed, virtual key and base URLs in.
+- the kernel environment: provider secrets removed, virtual key and base URLs in, and
+  ``VKEYS_API_URL`` (the admin API the widgets call with the notebook's credentials).
 """
 
 from __future__ import annotations
@@ -69,9 +70,13 @@ class KernelKeyBroker:
                  projects: dict[str, str] | None = None, marker: str = ".vkeys.toml",
                  default_policy: dict[str, Any] | None = None,
                  project_policy: dict[str, Any] | None = None,
-                 denylist: Iterable[str] = (), default_user: str = "") -> None:
+                 denylist: Iterable[str] = (), default_user: str = "",
+                 api_url: str = "") -> None:
         self.gateway = gateway
         self.url = url.rstrip("/")
+        # The admin API of the server that starts the kernels (VKEYS_API_URL): where the
+        # widgets send the notebook's own credentials (jupyter_vkeys.widgets.credentials).
+        self.api_url = api_url.rstrip("/")
         self.root_dir = Path(root_dir).resolve()
         self.projects = {p.strip("/"): name for p, name in (projects or {}).items()}
         self.marker = marker
@@ -160,7 +165,10 @@ class KernelKeyBroker:
         else:
             current = self.kernels[kernel_id] = self._mint(kernel_id, notebook,
                                                            user or self.default_user)
-        return key_environment(env, url=self.url, token=current.token, key_id=current.key_id)
+        env = key_environment(env, url=self.url, token=current.token, key_id=current.key_id)
+        if self.api_url:
+            env["VKEYS_API_URL"] = self.api_url
+        return env
 
     def _mint(self, kernel_id: str, notebook: str, user: str) -> KernelKey:
         project = self.project_of(notebook) if notebook else ""

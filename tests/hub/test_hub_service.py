@@ -376,6 +376,140 @@ def test_a_call_through_the_hub_proxy_needs_no_hub_token(world):
     assert status == 200, body
 
 
+PANEL = """
+import json
+from jupyter_vkeys.widgets import AdminPanel
+panel = AdminPanel(interval=60)
+ctl = panel.controller
+out = {"problem": str(ctl.problem or ""), "not_admin": ctl.not_admin,
+       "rows": [r.scope for r in ctl.rows], "denied": panel.denied.value,
+       "audit": str(ctl.audit_problem or ""),
+       "url": ctl.client.api_url if ctl.client else "",
+       "scheme": ctl.client.scheme if ctl.client else ""}
+if ACTION and not ctl.not_admin:
+    panel.select("user:bob")
+    panel.budget_fields["day"][0].value = DAY_CAP
+    panel.save.click()
+    out["notice"] = panel.notice.value
+panel.close()
+print("RESULT" + json.dumps(out))
+"""
+
+BOB_CALLS = """
+import json, openai
+from jupyter_vkeys.widgets import MyUsage
+try:
+    openai.OpenAI(max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    outcome = "answered"
+except openai.RateLimitError as exc:
+    outcome = f"429: {exc}"
+usage = MyUsage(interval=60)
+print("RESULT" + json.dumps({"outcome": outcome, "problem": str(usage.controller.problem or ""),
+                             "calls": len(usage.controller.calls),
+                             "summary": usage.summary.value}))
+usage.close()
+"""
+
+
+def test_the_admin_panel_in_carols_server_caps_bobs_kernel(world):
+    """Issue 14 on a hub: the AdminPanel in the admin's own single-user server, with the
+    Hub token her kernel inherits, lowers bob's cap; bob's next call (his kernel, his
+    key) is refused. A group admin sees her group's people only; a user who is no admin
+    sees the "not an admin" state. MyUsage in bob's kernel reads the service."""
+    def panel(user: str, action: bool, cap: str = "") -> dict:
+        code = f"ACTION = {action!r}\nDAY_CAP = {cap!r}\n" + PANEL
+        return world.run(user, code)
+
+    carol = panel("carol", True, "0.000001")
+    assert carol["problem"] == "" and carol["scheme"] == "token", carol
+    assert carol["url"] == world.hub.service_url + "/api"
+    assert {"user:alice", "user:bob"} <= set(carol["rows"]), carol["rows"]
+    assert "saved the limits of user:bob" in carol["notice"], carol
+    bob = world.run("bob", BOB_CALLS)
+    assert bob["outcome"].startswith("429") and "user:bob" in bob["outcome"], bob
+    assert bob["problem"] == "" and bob["calls"] >= 1 and "bob" in bob["summary"], bob
+
+    dana = panel("dana", False)  # admin of the students group only
+    assert dana["problem"] == "" and "user:bob" in dana["rows"], dana
+    assert "user:alice" not in dana["rows"], dana["rows"]
+    assert "admins of everything" in dana["audit"], dana  # said, and the rest works
+    alice = panel("alice", False)
+    assert alice["not_admin"] and "not a jupyter-vkeys admin" in alice["denied"], alice
+
+    carol = panel("carol", True, "")  # bob's day cap removed again
+    assert "saved the limits of user:bob" in carol["notice"], carol
+    assert world.run("bob", BOB_CALLS)["outcome"] == "answered"
+
+
+def test_in_a_browser_carol_caps_bob_by_clicking_in_her_admin_panel(world, tmp_path):
+    """Issue 14's browser test on a hub: carol logs in through the Hub, opens
+    notebooks/admin_caps.ipynb in her own JupyterLab, runs it, clicks bob's row, types a
+    lower day cap and saves; bob's next call, in his own kernel, is refused."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_widgets_browser import ARGS, run_all_and_wait_for_panel
+
+    notebook = json.loads((HERE.parents[1] / "notebooks" / "admin_caps.ipynb").read_text())
+    status, body = request("PUT", f"{world.hub.user_url('carol')}/api/contents/admin_caps.ipynb",
+                           {"type": "notebook", "format": "json", "content": notebook},
+                           token=DRIVER_TOKEN)
+    assert status in (200, 201), body
+    assert world.run("bob", BOB_CALLS)["outcome"] == "answered"  # bob has spent today
+    shot = tmp_path / "hub_admin_caps.png"
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(chromium), headless=True,
+                                         args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1600})
+                page.goto(f"{world.hub.base}/hub/login?next=/user/carol/lab/tree/"
+                          "admin_caps.ipynb", timeout=60_000)
+                page.fill("input[name=username]", "carol")
+                page.fill("input[name=password]", "test-password")
+                page.click("input[type=submit], button[type=submit]")
+                try:
+                    run_all_and_wait_for_panel(page)
+                    page.locator(".vkeys-admin .vkeys-row-select[title='user:bob']").click()
+                    page.wait_for_function(
+                        "document.querySelector('.vkeys-admin .vkeys-editing')"
+                        "?.innerText.includes('user:bob')", timeout=30_000)
+                    page.locator(".vkeys-admin .vkeys-budget-day input").fill("0.000001")
+                    page.locator(".vkeys-admin .vkeys-budget-day input").press("Tab")
+                    page.wait_for_function("document.querySelector('.vkeys-admin "
+                                           ".vkeys-budget-day input').value == '0.000001'",
+                                           timeout=10_000)
+                    page.locator(".vkeys-admin .vkeys-save").click()
+                    page.wait_for_selector(".vkeys-admin .vkeys-notice-ok", timeout=30_000)
+                    notice = page.locator(".vkeys-admin .vkeys-notice").inner_text()
+                    with ThreadPoolExecutor(1) as pool:  # playwright's loop runs here
+                        bob = pool.submit(world.run, "bob", BOB_CALLS).result()
+                    page.wait_for_selector(".vkeys-admin .vkeys-s-user-bob "
+                                           ".vkeys-row-exhausted", timeout=30_000)
+                    page.locator(".vkeys-admin .vkeys-s-user-bob").scroll_into_view_if_needed()
+                    page.screenshot(path=str(shot), full_page=True)
+                except Exception:
+                    page.screenshot(path=str(shot), full_page=True)
+                    print(f"at {page.url} (screenshot {shot}):\n"
+                          f"{page.inner_text('body')[:2000]}\n{world.hub.log()[-4000:]}")
+                    raise
+            finally:
+                browser.close()
+    finally:  # bob's day cap removed again, for the tests after this one
+        world.run("carol", "ACTION = True\nDAY_CAP = ''\n" + PANEL)
+    shots = os.environ.get("VKEYS_SCREENSHOT_DIR")
+    if shots and Path(shots).is_dir():
+        Path(shots, shot.name).write_bytes(shot.read_bytes())
+    print(f"screenshot: {shot}")
+    assert "saved the limits of user:bob" in notice, notice
+    assert bob["outcome"].startswith("429") and "user:bob" in bob["outcome"], bob
+    assert world.run("bob", BOB_CALLS)["outcome"] == "answered"
+
+
 def test_stopping_bobs_server_revokes_his_kernel_keys(world):
     bob_key = world.env["bob"]["OPENAI_API_KEY"]
     world.hub.stop_server("bob")

@@ -39,7 +39,8 @@ def free_port() -> int:
 def isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """This environment without provider keys or a user's Jupyter config: the config the
     install put in ``{sys.prefix}/etc/jupyter`` is the only one found."""
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    env = {k: v for k, v in os.environ.items()
+           if k not in SCRUBBED and not k.startswith("VKEYS_")}  # e.g. VKEYS_SCREENSHOT_DIR
     env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"),
                 "JUPYTER_DATA_DIR": str(tmp_path / "jdata"),
                 "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt"), "JUPYTER_PLATFORM_DIRS": "1",

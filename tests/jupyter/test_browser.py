@@ -3,7 +3,8 @@
 Opens ``notebooks/quickstart.ipynb``, runs every cell from the menu (Run > Run All
 Cells) and reads the rendered page: the fake model's reply, the spend summary that
 ``jupyter_vkeys.me()`` and ``%vkeys`` render (a bar per cap, money not turned into
-math), and no error output. A screenshot of the executed notebook is saved (its path
+math), the ``MyUsage()`` widget (spend, recent calls, cost per notebook, its chart
+drawn), and no error output. A screenshot of the executed notebook is saved (its path
 is printed) and copied into ``$VKEYS_SCREENSHOT_DIR`` when that is set.
 
 Needs ``/usr/bin/chromium`` (``.ci/run`` installs it with apt-get) and the
@@ -141,6 +142,7 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
     root.mkdir()
     shutil.copy(NOTEBOOK, root / "quickstart.ipynb")
     shot = tmp_path / "quickstart.png"
+    usage_shot = tmp_path / "quickstart_my_usage.png"
     with JupyterProcess("lab", tmp_path, root=root) as server, \
             sync_api.sync_playwright() as pw:
         expected = _expected_reply(server)
@@ -171,13 +173,23 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
             cost_texts = [cost_lines.nth(i).inner_text() for i in range(cost_lines.count())]
             dry_run = page.locator(".jp-OutputArea-output .vkeys-dry-run").inner_text()
             estimate = page.locator(".jp-OutputArea-output .vkeys-estimate").inner_text()
+            # MyUsage: the live widget of the same spend, recent calls and a chart
+            page.wait_for_selector(".vkeys-usage .vkeys-usage-recent td", timeout=60_000)
+            usage = page.locator(".vkeys-usage").inner_text()
+            usage_math = page.locator(".vkeys-usage mjx-container").count()
+            page.wait_for_selector(".vkeys-usage .vega-embed svg, .vkeys-usage .vega-embed "
+                                   "canvas", timeout=60_000)
             page.locator(".jp-OutputArea-output .vkeys-report").last.scroll_into_view_if_needed()
             page.screenshot(path=str(shot), full_page=True)
+            page.locator(".vkeys-usage").scroll_into_view_if_needed()
+            page.locator(".vkeys-usage").screenshot(path=str(usage_shot))
         finally:
             browser.close()
     print(f"\nscreenshot of the executed notebook: {shot}")
+    print(f"screenshot of MyUsage: {usage_shot}")
     if SHARED_SCREENSHOTS.is_dir():
         shutil.copy(shot, SHARED_SCREENSHOTS / "quickstart.png")
+        shutil.copy(usage_shot, SHARED_SCREENSHOTS / "quickstart_my_usage.png")
 
     assert not error_texts, error_texts
     assert expected and expected in text, (expected, text[:3000])
@@ -193,3 +205,6 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
         assert "$20.00 / month" in report, report  # dollars as typed, not MathJax
         assert "spent $0.0" in report and "resets in" in report, report
         assert "quickstart.ipynb" in report, report
+    assert "left in your tightest window" in usage and "$20.00" in usage, usage
+    assert "quickstart.ipynb" in usage and "gpt-4o-mini" in usage, usage  # per notebook, calls
+    assert "claude-haiku-4-5" in usage and usage_math == 0, usage

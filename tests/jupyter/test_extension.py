@@ -235,6 +235,9 @@ def test_quickstart_notebook_runs_with_nbclient(started, jp_root_dir, jp_asyncio
             data["text/plain"]
         assert data["text/html"].startswith("<div class='mathjax_ignore")
         assert "project:reporting" in data["text/html"]
+    # MyUsage() renders as a widget view (its state lives in the kernel)
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for o in outputs), outputs
     events = [e for e in started.gateway.sink.events if e["status"] == "ok"]
     assert len(events) == 2
     assert all(e["project"] == "reporting" and e["notebook_path"] == "reports/quickstart.ipynb"

@@ -66,6 +66,33 @@ def open_fds() -> int:
 
 # -- framing --------------------------------------------------------------------------
 
+def test_connections_are_reused_past_descriptor_1024(upstreams):
+    """A busy gateway holds more than 1024 descriptors. select() refuses those (FD_SETSIZE):
+    the lean client's idle check once used it, so past 1024 every pooled connection looked
+    unusable and each call opened a new one (found when the whole suite ran in one
+    process). It polls instead."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(soft, hard) < 1300:
+        pytest.skip("needs at least 1300 open files (ulimit -n)")
+    if soft < 1300:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1300, hard))
+    up = upstreams(lambda n, h, b: [OK])
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        async def go():
+            client = make_client("lean")
+            results = [await call(client, up.url) for _ in range(4)]
+            await client.close()
+            return results
+        assert run(go) == [(200, b"{}")] * 4
+    finally:
+        for fd in fillers:
+            os.close(fd)
+    assert up.connections == 1 and up.requests == 4
+
+
 @pytest.mark.parametrize("kind", CLIENTS)
 def test_content_length_and_chunked_with_trailers_share_one_connection(kind, upstreams):
     up = upstreams(lambda n, h, b: [OK if n % 2 else chunked(

@@ -28,6 +28,15 @@ import urllib.error
 from typing import Any
 
 from .client import advice, call_gateway
+
+
+def _counts_before_pre_run() -> bool:
+    """Whether this IPython increments ``execution_count`` before ``pre_run_cell`` (9.9+)."""
+    try:
+        import IPython
+        return tuple(IPython.version_info[:2]) >= (9, 9)
+    except (ImportError, AttributeError, TypeError):
+        return False
 from .report import resets, usd
 
 TIMEOUT = 2.0
@@ -45,6 +54,9 @@ class CellCost:
         self.nested = 0  # > 0 while %%vkeys dry_run runs its body
         self.told: set[str] = set()  # problems already reported once
         self.cell_id = ""
+        self.sent_count: int | None = None
+        # how far ahead of In[n] the shell's counter is at pre_run_cell
+        self.count_offset = 1 if _counts_before_pre_run() else 0
 
     @property
     def active(self) -> bool:
@@ -82,15 +94,27 @@ class CellCost:
         if not self.active or self.nested:
             return
         self.cell_id = str(getattr(info, "cell_id", "") or "")[:256]
-        count = getattr(self.shell, "execution_count", None)
+        self.sent_count = self.cell_number(getattr(info, "store_history", True))
         self.post("/api/cells", {"action": "start", "cell_id": self.cell_id,
-                                 "execution_count": count if isinstance(count, int) else None,
-                                 "dry_run": False})
+                                 "execution_count": self.sent_count, "dry_run": False})
+
+    def cell_number(self, store_history: bool) -> int | None:
+        """The In[n] of the cell that is starting. IPython 9.9 and later count the cell
+        before ``pre_run_cell`` (earlier versions after it); ``post_run_cell`` checks the
+        guess against the cell's result and corrects the following cells if it was off."""
+        count = getattr(self.shell, "execution_count", None)
+        if not isinstance(count, int):
+            return None
+        return count - (self.count_offset if store_history else 0)
 
     def post_run_cell(self, result: Any) -> None:
         """IPython's ``post_run_cell`` event: close the cell and show its cost line."""
         if not self.active or self.nested:
             return
+        actual = getattr(result, "execution_count", None)
+        if isinstance(actual, int) and isinstance(self.sent_count, int) and \
+                actual != self.sent_count:
+            self.count_offset += self.sent_count - actual  # an IPython we did not know
         summary = self.post("/api/cells", {"action": "end"})
         if summary and summary.get("calls") and not self.quiet:
             _display_line(cost_line(summary))
@@ -102,10 +126,9 @@ class CellCost:
             print("jupyter-vkeys: dry runs need the kernel's virtual key (VKEYS_URL and a vk- "
                   "key in OPENAI_API_KEY, set by the vkeys kernel provisioner)", file=sys.stderr)
             return None
-        count = getattr(self.shell, "execution_count", None)
         started = self.post("/api/cells", {"action": "start", "cell_id": self.cell_id,
-                                           "execution_count": count if isinstance(count, int)
-                                           else None, "dry_run": True})
+                                           "execution_count": self.sent_count,  # this cell's
+                                           "dry_run": True})
         if started is None:
             return None
         self.nested += 1

@@ -244,7 +244,11 @@ class _Connection(asyncio.Protocol):
         if sock is None:
             return True
         try:
-            readable, _, _ = select.select((sock.fileno(),), (), (), 0)
+            # poll, not select: select() refuses descriptors >= 1024 (FD_SETSIZE), and a
+            # busy gateway's sockets pass that; every connection then looked unusable
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+            readable = bool(poller.poll(0))
         except (OSError, ValueError):
             return False
         if readable and self.key[2] and not settled:

@@ -175,10 +175,11 @@ async def ws_execute(base: str, token: str, kernel_id: str, code: str,
         "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
         "content": {"code": code, "silent": False, "store_history": True,
                     "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}))
-    text: list[str] = []
+    text: list[str] = []  # stdout and stderr, as a frontend shows them
+    stdout: list[str] = []
     errors: list[str] = []
     displays: list[dict[str, Any]] = []
-    status, idle = "", False
+    status, idle, count = "", False, None
     deadline = time.monotonic() + timeout
     try:
         while not (idle and status):
@@ -194,17 +195,21 @@ async def ws_execute(base: str, token: str, kernel_id: str, code: str,
             kind = msg["header"]["msg_type"]
             if kind == "stream":
                 text.append(msg["content"]["text"])
+                if msg["content"].get("name") == "stdout":
+                    stdout.append(msg["content"]["text"])
             elif kind == "error":
                 errors.append("\n".join(msg["content"]["traceback"]))
             elif kind in ("display_data", "execute_result"):
                 displays.append(msg["content"]["data"])
             elif kind == "execute_reply":
                 status = msg["content"]["status"]
+                count = msg["content"].get("execution_count")
             elif kind == "status" and msg["content"]["execution_state"] == "idle":
                 idle = True
     finally:
         conn.close()
-    return {"status": status, "text": "".join(text), "errors": errors, "displays": displays}
+    return {"status": status, "text": "".join(text), "stdout": "".join(stdout),
+            "errors": errors, "displays": displays, "execution_count": count}
 
 
 def result_of(output: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def _kernel_key(server: JupyterProcess) -> tuple[str, str]:
     kernel = server.start_session("nb.ipynb")["kernel"]["id"]
     out = server.execute(kernel, "import os; print(os.environ['OPENAI_API_KEY'], "
                                  "os.environ['VKEYS_KEY_ID'])")
-    token, key_id = out["text"].split()
+    token, key_id = out["stdout"].split()  # what the cell printed (stderr may say more)
     return token, key_id
 
 

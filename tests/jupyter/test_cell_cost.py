@@ -70,6 +70,12 @@ def test_cell_cost_line_dry_run_and_attribution(tmp_path):
     assert len(ok) == 3 and len(dry_rows) == 2
     assert all(e["execution_count"] for e in ok), ok
     assert len({e["execution_count"] for e in ok}) == 3, "each cell its own count"
+    # the In[n] the frontend shows for each calling cell (IPython 9.9+ counts a cell
+    # before pre_run_cell, earlier versions after it: both must give the frontend's n)
+    shown = {called["execution_count"], after_dry["execution_count"],
+             silenced["execution_count"]}
+    assert {e["execution_count"] for e in ok} == shown, (ok, shown)
+    assert {e["execution_count"] for e in dry_rows} == {dry["execution_count"]}
     assert all(e["cost_pico"] == 0 and e["dry_run_worst_usd"] > 0 for e in dry_rows)
     assert all(e["schema_version"] == 2 for e in mine)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import CHAT, Procs, free_port, wait_port, wrk  # noqa: E402
+from run import CHAT, Procs, free_port, wrk  # noqa: E402
 
 
 def redis_stats(port: int) -> dict[str, tuple[int, int]]:

@@ -208,7 +208,7 @@ def test_bridged_routes_admin_404_and_405(gw):
     assert status == 200 and body["owner"] == "bridge"
     with connect(gw) as sock:
         buffer = bytearray()
-        sock.sendall(f"GET /nowhere HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+        sock.sendall("GET /nowhere HTTP/1.1\r\nhost: t\r\n\r\n".encode())
         assert read_response(sock, buffer)[0] == 404
         sock.sendall(f"GET {PATH} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
         status, _, body = read_response(sock, buffer)

@@ -6,12 +6,10 @@ read a directory (issue 15)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
 
-import openai
 import pytest
 
 from scale_support import Replica, free_port

@@ -11,7 +11,7 @@ from datetime import timezone
 import pytest
 
 from jupyter_vkeys.keys import KeyRecord
-from jupyter_vkeys.policy import PolicyEngine, Refusal, parse_policy
+from jupyter_vkeys.policy import PolicyEngine, Refusal
 from jupyter_vkeys.pricing import PriceTable
 from jupyter_vkeys.state.redis_ledger import RedisLedger
 

@@ -31,7 +31,6 @@ from ..runtime import ControlPlane, OperationError
 from .admin_reach import AdminReach
 from .core import VKeysGateway
 from .dataplane import DataPlaneHandler, public_endpoint
-from .errors import ApiError
 from .openapi import OpenApiHandler
 
 
@@ -332,10 +331,8 @@ class MeHandler(DataPlaneHandler):
 
     @public_endpoint
     def get(self) -> None:
-        try:
-            record = self.authenticate()
-        except ApiError as error:
-            self.send_api_error(error)
+        record = self.key_or_refusal()
+        if record is None:
             return
         self.finish(orjson.dumps(self.gateway.control.me(record)))
 
@@ -346,10 +343,8 @@ class MeCallsHandler(DataPlaneHandler):
 
     @public_endpoint
     def get(self) -> None:
-        try:
-            record = self.authenticate()
-        except ApiError as error:
-            self.send_api_error(error)
+        record = self.key_or_refusal()
+        if record is None:
             return
         values = self.request.query_arguments.get("limit")
         unknown = sorted(set(self.request.query_arguments) - {"limit"})

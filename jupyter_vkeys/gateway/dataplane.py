@@ -130,6 +130,15 @@ class DataPlaneHandler(tornado.web.RequestHandler):
         return authenticate(self.gateway, token_of(headers.get("Authorization"),
                                                    headers.get("x-api-key"), self.dialect))
 
+    def key_or_refusal(self) -> KeyRecord | None:
+        """The caller's key record, or None once the 401 saying why has been sent. Called
+        first by the GET routes a virtual key opens (models, ``/api/me``...)."""
+        try:
+            return self.authenticate()
+        except ApiError as error:
+            self.send_api_error(error)
+            return None
+
     def send_api_error(self, error: ApiError, request_id: str = "") -> None:
         """Write ``error`` in this route's dialect (nothing if the response already began)."""
         error_response(TornadoExchange(self), error, self.dialect, request_id)
@@ -197,10 +206,8 @@ class ModelsHandler(DataPlaneHandler):
 
     @public_endpoint
     def get(self) -> None:
-        try:
-            record = self.authenticate()
-        except ApiError as error:
-            self.send_api_error(error)
+        record = self.key_or_refusal()
+        if record is None:
             return
         data = [model_object(self.dialect, n, p)
                 for n, p in callable_models(self.gateway, record)]
@@ -218,10 +225,8 @@ class ModelHandler(DataPlaneHandler):
 
     @public_endpoint
     def get(self, model: str) -> None:
-        try:
-            record = self.authenticate()
-        except ApiError as error:
-            self.send_api_error(error)
+        record = self.key_or_refusal()
+        if record is None:
             return
         for name, provider in callable_models(self.gateway, record):
             if name == model:

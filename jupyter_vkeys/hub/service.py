@@ -27,7 +27,6 @@ import pwd
 import secrets
 import signal
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from traitlets import Dict, Float, Unicode

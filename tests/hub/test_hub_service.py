@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "jupyter")]
 
 from hubs import CHP, DRIVER_TOKEN, HubProcess, request, start_hub  # noqa: E402
-from servers import result_of  # noqa: E402
+from servers import CHROMIUM, CHROMIUM_ARGS, result_of  # noqa: E402
 from support import FakeUpstream  # noqa: E402
 
 REAL_KEY = "sk-REAL-hub-7c1e5a9b3d2f4e6a8c0b"
@@ -206,16 +206,14 @@ openai.OpenAI(max_retries=0).chat.completions.create(
 def test_a_browser_logs_in_through_the_hub_and_sees_its_own_caps(world, tmp_path):
     """HubOAuth for browsers: the service's page sends a browser through the Hub's login
     and OAuth, and then shows the signed-in user's own caps."""
-    chromium = Path("/usr/bin/chromium")
+    chromium = CHROMIUM
     if not chromium.exists():
         pytest.skip("needs Debian's chromium (.ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api")
     shot = tmp_path / "hub-service-home.png"
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(chromium), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-            "--disable-dev-shm-usage"])
+        browser = pw.chromium.launch(executable_path=str(chromium), headless=True,
+                                     args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(f"{world.hub.base}/services/vkeys/", timeout=60_000)
@@ -274,7 +272,7 @@ def test_the_single_user_servers_run_no_gateway_and_hold_no_real_key(world):
 def test_alice_cannot_touch_bobs_keys_or_usage_through_any_route(world):
     bob_env = world.env["bob"]
     bob_kernel_key = bob_env["VKEYS_KEY_ID"]
-    carol_view = world.http("carol", f"out = call('GET', '/keys?owner=bob')")
+    carol_view = world.http("carol", "out = call('GET', '/keys?owner=bob')")
     assert carol_view[0] == 200, carol_view
     bob_keys_before = {k["id"]: (k["state"], k.get("policy")) for k in carol_view[1]["keys"]}
     bob_personal = next(k["id"] for k in carol_view[1]["keys"] if k["metadata"]["kind"] == "user")
@@ -446,7 +444,7 @@ def test_in_a_browser_carol_caps_bob_by_clicking_in_her_admin_panel(world, tmp_p
     """Issue 14's browser test on a hub: carol logs in through the Hub, opens
     notebooks/admin_caps.ipynb in her own JupyterLab, runs it, clicks bob's row, types a
     lower day cap and saves; bob's next call, in his own kernel, is refused."""
-    chromium = Path("/usr/bin/chromium")
+    chromium = CHROMIUM
     if not chromium.exists():
         pytest.skip("needs Debian's chromium (.ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api")

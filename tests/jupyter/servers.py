@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 JUPYTER = str(Path(sys.executable).with_name("jupyter"))
+# Debian's chromium for the browser tests (Playwright drives it; never `playwright install`)
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage"]
 SCRUBBED = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL",
             "VKEYS_DATA_DIR", "VKEYS_ADMIN_TOKEN", "VKEYS_PEPPER", "JUPYTER_TOKEN",
             "JUPYTER_DEFAULT_PROVISIONER_NAME",  # as-installed-ok: removed, never set

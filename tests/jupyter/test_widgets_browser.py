@@ -19,14 +19,11 @@ from pathlib import Path
 
 import openai
 import pytest
-from servers import JupyterProcess
+from servers import CHROMIUM, CHROMIUM_ARGS, JupyterProcess
 
-CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "admin_caps.ipynb"
 SHARED_SCREENSHOTS = Path(os.environ.get("VKEYS_SCREENSHOT_DIR") or "/nonexistent")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--disable-dev-shm-usage"]
+ARGS = CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(480),
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium "

@@ -38,197 +38,18 @@ Thresholds live in :class:`Thresholds`; the defaults were chosen with
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 import numpy as np
 
 from .findings import Cause, Finding, iso, money
+from .hourly import HOUR, Hourly, _how, _rolling, _shape, load_hourly
+from .level_shift import level_findings
+from .thresholds import Thresholds
 
-HOUR = 3600
-WEEK_H = 168
 DETECTORS = ("spend_spike", "spend_drop", "level_shift", "runaway_loop", "new_model",
              "error_spike", "refusal_spike", "budget_exhaustion")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Detector settings; every field can be overridden (CLI ``--set name=value``)."""
-
-    lookback_days: int = 28          # history read before the scanned period
-    spike_window_hours: int = 3      # rolling window spikes are judged on
-    spike_z: float = 5.0             # band width in standard deviations
-    spike_ratio: float = 3.0         # and at least this many times the expectation
-    spike_min_usd: float = 0.5       # and at least this much excess spend
-    spike_day_ratio: float = 1.0     # and more than this many typical days' spend (p75 of
-                                     # the last 14 days) within the window
-    spike_burst_z: float = 3.5       # and above the key's usual busiest window of a day:
-                                     # exp(median + z x robust sd) of the log daily maxima
-    spike_mix_burst_z: float = 1.0   # or above this lower bar when one model or notebook
-    spike_mix_share: float = 0.8     # carries at least this share of the excess (the mix
-                                     # changed: not more of the usual work, other work)
-    spike_min_calls: int = 20        # and at least this many calls (one huge prompt is no
-                                     # spike of work)
-    spike_burst_min_sd: float = 0.35  # floor of that robust sd (log scale)
-    spike_burst_min_days: int = 5    # active days before a key's own burstiness is used
-                                     # alone (younger keys borrow their team's spread)
-    overdispersion: float = 0.5      # day-to-day variation of a key's level (CV)
-    shape_prior_days: float = 14.0   # days of own history weighing as much as the team shape
-    level_on_calls: int = 1          # judge levels on calls (1) or spend (0); calls are
-                                     # far less heavy-tailed than the cost of a call
-    level_days_recent: int = 3       # level shifts: the last days judged together
-    level_days_reference: int = 14   # against this many days before them
-    level_min_reference_days: int = 5  # days of reference a key needs
-    level_min_active_days: int = 3   # of which with any spend
-    level_z: float = 3.0             # recent mean level above exp(median + z x spread)
-    level_min_sd: float = 0.25       # floor of that spread (log scale)
-    level_ratio: float = 2.5         # and the recent median day this many reference days
-    level_min_usd: float = 1.0       # and at least this much excess spend
-    level_cooldown_days: int = 14    # one finding per shift: then the new level is normal
-    drop_window_hours: int = 24
-    drop_ratio: float = 0.1          # calls below this share of the expectation
-    drop_min_expected_calls: float = 8.0
-    drop_min_active_days: float = 0.95  # only keys active on this share of history days
-    drop_max_daily_cv: float = 0.5   # and whose daily calls vary less than this (CV)
-    drop_min_active_hours: float = 0.25  # and that called in this share of history hours
-    loop_calls: int = 25
-    loop_window_minutes: int = 15
-    new_model_price_ratio: float = 3.0
-    new_model_min_usd: float = 0.25
-    new_model_min_history_days: float = 2.0
-    rate_window_hours: int = 2
-    rate_min_calls: int = 10
-    rate_min: float = 0.25           # observed share of failed calls at least this
-    rate_ratio: float = 3.0          # and this many times the key's usual rate
-    rate_z: float = 4.0
-    rate_prior_calls: float = 50.0   # fleet rate weighs as this many calls of the key's own
-
-    def with_overrides(self, pairs: Iterable[str]) -> "Thresholds":
-        """``["spike_z=4", ...]`` applied; ``ValueError`` naming an unknown or bad one."""
-        types = {f.name: f.type for f in fields(self)}
-        changes: dict[str, Any] = {}
-        for pair in pairs:
-            name, _, text = pair.partition("=")
-            name = name.strip().replace("-", "_")
-            if name not in types:
-                raise ValueError(f"unknown threshold {name!r}; known: {', '.join(types)}")
-            try:
-                value = int(text) if types[name] in ("int", int) else float(text)
-            except ValueError:
-                raise ValueError(f"threshold {name} needs a number, got {text!r}") from None
-            if value < 0:
-                raise ValueError(f"threshold {name} must not be negative (got {value})")
-            changes[name] = value
-        return replace(self, **changes)
-
-
-@dataclass
-class Hourly:
-    """Per-key hourly aggregates over ``[h0, h0 + hours)`` (epoch hours)."""
-
-    keys: list[str]
-    entity: list[dict[str, Any]]
-    team: np.ndarray        # key -> team index
-    h0: int
-    spend: np.ndarray       # key x hour, USD
-    calls: np.ndarray
-    errors: np.ndarray
-    refusals: np.ndarray
-    sq: np.ndarray          # key x hour, sum of squared call cost
-    first: np.ndarray       # key -> first hour index with a call (within the range)
-
-
-def load_hourly(con, start: datetime, end: datetime) -> Hourly:
-    """Aggregate ``ev`` per entity key and hour (one DuckDB query) into matrices."""
-    h0 = int(start.timestamp() // HOUR)
-    hours = int(-(-end.timestamp() // HOUR)) - h0
-    rows = con.execute("""
-        SELECT entity_key, CAST(epoch(hour) AS BIGINT) // 3600 AS h,
-               coalesce(sum(cost_usd), 0) AS spend, count(*) AS calls,
-               count(*) FILTER (is_error) AS errors, count(*) FILTER (is_refusal) AS refusals,
-               coalesce(sum(cost_usd * cost_usd), 0) AS sq
-        FROM ev WHERE start_time >= ? AND start_time < ? AND entity_key IS NOT NULL
-        GROUP BY ALL""", [start, end]).fetchnumpy()
-    keys, kidx = np.unique(rows["entity_key"].astype(str), return_inverse=True) \
-        if len(rows["entity_key"]) else (np.array([], str), np.array([], int))
-    k = len(keys)
-    hidx = rows["h"].astype(np.int64) - h0
-    ok = (hidx >= 0) & (hidx < hours)
-    mats = []
-    for name in ("spend", "calls", "errors", "refusals", "sq"):
-        m = np.zeros((k, max(hours, 0)))
-        np.add.at(m, (kidx[ok], hidx[ok]), np.asarray(rows[name], float)[ok])
-        mats.append(m)
-    spend, calls, errors, refusals, sq = mats
-    active = calls > 0
-    first = np.where(active.any(axis=1), active.argmax(axis=1), hours)
-    meta = {r[0]: r[1:] for r in con.execute("""
-        SELECT entity_key, arg_max("user", start_time), arg_max(team, start_time),
-               arg_max(project, start_time)
-        FROM ev WHERE start_time >= ? AND start_time < ? AND entity_key IS NOT NULL
-        GROUP BY 1""", [start, end]).fetchall()}
-    entity = [{"key_id": key, "user": meta.get(key, (None,) * 3)[0],
-               "team": meta.get(key, (None,) * 3)[1], "project": meta.get(key, (None,) * 3)[2]}
-              for key in keys]
-    teams = {t: i for i, t in enumerate(sorted({str(e["team"]) for e in entity}))}
-    team = np.array([teams[str(e["team"])] for e in entity], int)
-    return Hourly(list(keys), entity, team, h0, spend, calls, errors, refusals, sq, first)
-
-
-def _rolling(m: np.ndarray, w: int) -> np.ndarray:
-    """Sums over the ``w`` hours ending at each hour (shorter at the start)."""
-    c = np.cumsum(m, axis=1)
-    out = c.copy()
-    out[:, w:] = c[:, w:] - c[:, :-w]
-    return out
-
-
-def _how(h0: int, n: int) -> np.ndarray:
-    """Hour of week (0 = Monday 00:00 UTC) of hours ``h0 .. h0 + n - 1``."""
-    return (np.arange(h0, h0 + n) + 72) % WEEK_H  # epoch hour 0 was a Thursday
-
-
-def _bins(how: np.ndarray) -> np.ndarray:
-    """Hour of week -> one of 48 bins: weekday or weekend (UTC) x hour of day. Pooling the
-    five weekdays gives each bin five times the samples of a raw hour-of-week."""
-    return (how // 24 >= 5) * 24 + how % 24
-
-
-def _shape(m: np.ndarray, hw: Hourly, hist: slice, th: Thresholds) -> np.ndarray:
-    """Hour-of-week shape (key x 168, mean 1): the key's own profile (weekday/weekend x
-    hour of day, smoothed over neighbouring hours) shrunk toward its team's."""
-    seg = m[:, hist]
-    bins = _bins(_how(hw.h0 + hist.start, seg.shape[1]))
-    idx = np.arange(hist.start, hist.stop)
-    alive = idx[None, :] >= hw.first[:, None]
-    sums = np.zeros((m.shape[0], 48))
-    seen = np.zeros((m.shape[0], 48))
-    for j in range(48):
-        cols = bins == j
-        sums[:, j] = (seg[:, cols] * alive[:, cols]).sum(axis=1)
-        seen[:, j] = alive[:, cols].sum(axis=1)
-    with np.errstate(all="ignore"):
-        own = np.where(seen > 0, sums / np.maximum(seen, 1), np.nan)
-        fill = np.nanmean(own, axis=1, keepdims=True)
-    own = np.nan_to_num(np.where(np.isnan(own), fill, own))
-    smooth = own.copy()
-    for half in (slice(0, 24), slice(24, 48)):
-        x = own[:, half]
-        smooth[:, half] = 0.5 * x + 0.25 * (np.roll(x, 1, axis=1) + np.roll(x, -1, axis=1))
-    week = smooth[:, _bins(np.arange(WEEK_H))]
-    mean = week.mean(axis=1, keepdims=True)
-    own_n = np.where(mean > 0, week / np.where(mean > 0, mean, 1), 1.0)
-    days = alive.sum(axis=1) / 24.0
-    team = np.ones_like(own_n)
-    for t in np.unique(hw.team):
-        members = (hw.team == t) & (days >= 1)
-        if members.any():
-            weights = days[members][:, None]
-            team[hw.team == t] = (own_n[members] * weights).sum(axis=0) / weights.sum()
-    w = (days / (days + th.shape_prior_days))[:, None]
-    shape = w * own_n + (1 - w) * team
-    return shape / np.maximum(shape.mean(axis=1, keepdims=True), 1e-12)
 
 
 def baseline(m: np.ndarray, hw: Hourly, scan: slice, th: Thresholds) -> np.ndarray:
@@ -736,7 +557,6 @@ def _scan(con, since: datetime, until: datetime, th: Thresholds, detectors: Iter
         if want & {"spend_spike", "spend_drop"}:
             raw += spend_findings(hw, scan_slice, th)
         if "level_shift" in want:
-            from .level_shift import level_findings
             raw += level_findings(hw, scan_slice, th)
         if want & {"error_spike", "refusal_spike"}:
             raw += rate_findings(hw, scan_slice, th)

@@ -7,7 +7,7 @@ and, after a day or two, in the spike detector's own adapting baseline. This one
 on days:
 
 - each day's *level* is its spend over what the key's hour-of-week shape (from the
-  reference period, see :func:`.detectors._shape`) expects of a day like it, so a quiet
+  reference period, see :func:`.hourly._shape`) expects of a day like it, so a quiet
   weekend is no drop and a weekday no rise;
 - the *reference* is the ``level_days_reference`` days before the last
   ``level_days_recent`` complete days; from it, the distribution of
@@ -25,12 +25,12 @@ One shift, one finding: a key that alerted is not judged again for
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # type names only: detectors imports this module when it scans
-    from .detectors import Hourly, Thresholds
+from .hourly import Hourly, _how, _shape
+from .thresholds import Thresholds
 
 HOUR = 3600
 
@@ -38,7 +38,6 @@ HOUR = 3600
 def level_findings(hw: Hourly, scan: slice, th: Thresholds) -> list[dict[str, Any]]:
     """Level shifts per key, judged at the end of every complete day of the scan.
     Returns raw findings (``k`` indexes ``hw.keys``) for :func:`.detectors.scan`."""
-    from .detectors import _how, _shape
 
     recent_n, ref_n = th.level_days_recent, th.level_days_reference
     m = hw.calls if th.level_on_calls else hw.spend

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "jupyter")]
 
 from hubs import CHP, DRIVER_TOKEN, HubProcess, request, start_hub  # noqa: E402
-from servers import CHROMIUM, CHROMIUM_ARGS, result_of  # noqa: E402
+from servers import CHROMIUM, CHROMIUM_ARGS, result_of, start_idle_session  # noqa: E402
 from support import FakeUpstream  # noqa: E402
 
 REAL_KEY = "sk-REAL-hub-7c1e5a9b3d2f4e6a8c0b"
@@ -458,6 +458,7 @@ def test_in_a_browser_carol_caps_bob_by_clicking_in_her_admin_panel(world, tmp_p
                            token=DRIVER_TOKEN)
     assert status in (200, 201), body
     assert world.run("bob", BOB_CALLS)["outcome"] == "answered"  # bob has spent today
+    start_idle_session(world.hub.user_url("carol"), DRIVER_TOKEN, "admin_caps.ipynb")
     shot = tmp_path / "hub_admin_caps.png"
     try:
         with sync_api.sync_playwright() as pw:

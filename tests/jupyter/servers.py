@@ -162,8 +162,34 @@ def http(method: str, url: str, body: Any = None, *, headers: dict[str, str] | N
         return status, raw.decode(errors="replace")
 
 
+def start_idle_session(base: str, token: str, path: str, timeout: float = 120) -> dict:
+    """A notebook session started through a server's sessions API (so the server's
+    provisioner gives its kernel a key), returned once the kernel is idle. Browser tests
+    start it before the page opens the notebook: JupyterLab then attaches to the
+    notebook's running kernel instead of starting one itself, which on a slow machine
+    (kernelspecs not loaded yet) went through a "Select Kernel" dialog and a second
+    kernel, and the first one's websocket failed ("Kernel never reached an 'alive'
+    state" in CI)."""
+    auth = {"Authorization": f"token {token}"}
+    status, session = http("POST", f"{base}/api/sessions", {
+        "path": path, "type": "notebook", "name": Path(path).name,
+        "kernel": {"name": "python3"}}, headers=auth)
+    assert status == 201, (status, session)
+    kernel_id = session["kernel"]["id"]
+    # a silent request over the kernel's websocket: the server connects to the kernel
+    # and the kernel answers (no In[n] is used up, nothing is shown to the notebook)
+    # (on a thread of its own: Playwright's sync API may be running a loop in this one)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(lambda: asyncio.run(ws_execute(
+            base, token, kernel_id, "pass", timeout, silent=True))).result()
+    assert reply["status"] == "ok", reply
+    return session
+
+
 async def ws_execute(base: str, token: str, kernel_id: str, code: str,
-                     timeout: float = 90) -> dict[str, Any]:
+                     timeout: float = 90, silent: bool = False) -> dict[str, Any]:
     """Send one ``execute_request`` on ``/api/kernels/{id}/channels`` and collect stream
     output, errors and displayed data (its mime bundles) until the kernel is idle again."""
     from tornado.httpclient import HTTPRequest
@@ -178,7 +204,7 @@ async def ws_execute(base: str, token: str, kernel_id: str, code: str,
         "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
                    "msg_type": "execute_request", "version": "5.3"},
         "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-        "content": {"code": code, "silent": False, "store_history": True,
+        "content": {"code": code, "silent": silent, "store_history": not silent,
                     "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}))
     text: list[str] = []  # stdout and stderr, as a frontend shows them
     stdout: list[str] = []

@@ -21,7 +21,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from servers import CHROMIUM, CHROMIUM_ARGS, JupyterProcess
+from servers import CHROMIUM, CHROMIUM_ARGS, JupyterProcess, start_idle_session
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
 SHARED_SCREENSHOTS = Path(os.environ.get("VKEYS_SCREENSHOT_DIR") or "/nonexistent")
@@ -146,6 +146,7 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 2200})
+            start_idle_session(server.base, server.token, "quickstart.ipynb")
             page.goto(f"{server.base}/lab/tree/quickstart.ipynb?token={server.token}",
                       timeout=90_000)
             try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from servers import CHROMIUM, CHROMIUM_ARGS, JupyterProcess
+from servers import CHROMIUM, CHROMIUM_ARGS, JupyterProcess, start_idle_session
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "admin_caps.ipynb"
 SHARED_SCREENSHOTS = Path(os.environ.get("VKEYS_SCREENSHOT_DIR") or "/nonexistent")
@@ -84,6 +84,7 @@ def test_a_cap_lowered_by_clicking_in_the_admin_panel_refuses_the_users_next_cal
             context.grant_permissions(["clipboard-read", "clipboard-write"],
                                       origin=server.base)
             page = context.new_page()
+            start_idle_session(server.base, server.token, "admin_caps.ipynb")
             page.goto(f"{server.base}/lab/tree/admin_caps.ipynb?token={server.token}",
                       timeout=90_000)
             try:

@@ -28,9 +28,10 @@ from ..pricing import PriceTable
 from ..providers.catalog import DEFAULT_CATALOG, Catalog, ModelEntry
 from ..providers.config import DEFAULT_PROVIDERS, ProviderConfig, load_providers
 from ..providers.fake import FakeTransport
-from ..providers.lean_http import LeanTransport
+from ..http.client import LeanTransport
 from ..providers.scrub import Scrubber
-from ..providers.transport import HttpTransport, ProxySettings, Transport
+from ..http.aiohttp_client import HttpTransport
+from ..http.upstream import ProxySettings, Transport
 from ..registry import KeyRegistry
 from ..runtime import ControlPlane, DataDirLock, publish
 from ..state import SharedLedger, open_ledger

@@ -25,7 +25,7 @@ from ..keys import KeyRecord
 from ..policy import Refusal
 from .core import VKeysGateway
 from .errors import ApiError
-from .exchange import ClientGone, Exchange
+from ..http.exchange import ClientGone, Exchange
 from .proxy import ProxyCall, authenticate, error_response
 
 

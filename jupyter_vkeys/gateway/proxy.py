@@ -25,14 +25,14 @@ from ..dialects import DIALECTS, OPERATIONS
 from ..keys import KeyRecord
 from ..policy import Refusal
 from ..pricing import Cost
-from ..providers.transport import UpstreamError, UpstreamRequest
+from ..http.upstream import UpstreamError, UpstreamRequest
 from ..registry import AuthError
 from ..state import StateUnavailable
 from ..usage import Usage
 from .call import Call
 from .core import VKeysGateway
 from .errors import ApiError
-from .exchange import ClientGone, Exchange
+from ..http.exchange import ClientGone, Exchange
 from .dry_run import estimate
 from .request_fields import choice_count, output_cap
 

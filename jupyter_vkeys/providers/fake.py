@@ -44,7 +44,7 @@ import orjson
 
 from ..dialects import DIALECTS, OPERATIONS
 from .fake_json import instance
-from .transport import UpstreamError, UpstreamRequest
+from ..http.upstream import UpstreamError, UpstreamRequest
 
 WORDS = ("offline", "fake", "answer", "from", "jupyter", "vkeys", "about", "your", "prompt",
          "with", "deterministic", "tokens", "and", "realistic", "usage", "numbers")

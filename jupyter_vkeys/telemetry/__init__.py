@@ -27,7 +27,7 @@ from .readiness import Readiness
 if TYPE_CHECKING:
     from ..gateway.call import Call
     from ..gateway.core import VKeysGateway
-    from ..gateway.exchange import Exchange
+    from ..http.exchange import Exchange
 
 __all__ = ["Telemetry"]
 

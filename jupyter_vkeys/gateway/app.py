@@ -18,7 +18,7 @@ from .admin import TokenAdminAuth, admin_handlers, key_api_handlers
 from .cell_api import cell_handlers
 from .core import VKeysGateway
 from .dataplane import ModelHandler, ModelsHandler, NotFoundHandler, ProxyHandler
-from ..telemetry.handlers import telemetry_handlers
+from .telemetry_api import telemetry_handlers
 
 
 

@@ -29,7 +29,7 @@ from ..http.upstream import UpstreamError, UpstreamRequest
 from ..registry import AuthError
 from ..state import StateUnavailable
 from ..usage import Usage
-from .call import Call
+from ..call import Call
 from .core import VKeysGateway
 from .errors import ApiError
 from ..http.exchange import ClientGone, Exchange

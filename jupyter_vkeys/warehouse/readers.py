@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ..paths import default_data_dir
 from .object_store import is_object_url, list_parquet
 from .parquet import read_segment, snapshot, typed
 from .schema import SCHEMAS
@@ -26,8 +27,7 @@ def warehouse_root(data_dir: str | os.PathLike | None = None) -> Path:
     if is_object_url(data_dir):
         return data_dir  # an s3:// warehouse: readers take the URL as it is
     if data_dir is None:
-        from ..gateway.core import default_data_dir
-        data_dir = os.environ.get("VKEYS_DATA_DIR") or default_data_dir()
+        data_dir = default_data_dir()
     path = Path(data_dir).expanduser()
     if not (path / "warehouse").exists() and any(
             (path / sub).exists() for sub in ("journal", "events", "audit")):

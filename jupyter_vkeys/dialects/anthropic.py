@@ -13,7 +13,7 @@ from typing import Any
 
 from ..usage import Usage, token_count
 from .base import Dialect, Operation, dumps
-from .sse import Meter, data_of, json_object
+from .sse import Meter, data_of
 
 
 def usage_of(block: Any, into: Usage | None = None) -> Usage:
@@ -46,14 +46,11 @@ class AnthropicMeter(Meter):
     """Messages and count_tokens answers; streams: ``message_start`` then cumulative
     ``message_delta`` usage."""
 
-    def read_body(self, body: bytes) -> None:
-        data = json_object(body)
-        if data is None:
-            return
-        self.response_model = str(data.get("model") or "")
-        if "usage" in data:
-            self.usage = usage_of(data.get("usage"))
-        elif "input_tokens" in data:  # count_tokens costs nothing
+    def _usage_of(self, block: Any) -> Usage:
+        return usage_of(block)
+
+    def _read_answer(self, data: dict[str, Any]) -> None:
+        if "usage" not in data and "input_tokens" in data:  # count_tokens costs nothing
             self.usage = Usage()
         self.finish_reason = str(data.get("stop_reason") or "")
 

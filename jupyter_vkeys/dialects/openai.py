@@ -14,7 +14,7 @@ from typing import Any
 
 from ..usage import Usage, token_count
 from .base import Dialect, Operation, dumps
-from .sse import Meter, data_of, event_span, json_object
+from .sse import Meter, data_of, event_span
 
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _PARSE_MARKERS = (b'"finish_reason":"', *_USAGE_MARKERS)
@@ -46,13 +46,10 @@ class OpenAIMeter(Meter):
         super().__init__(operation)
         self.strip_usage = strip_usage
 
-    def read_body(self, body: bytes) -> None:
-        data = json_object(body)
-        if data is None:
-            return
-        self.response_model = str(data.get("model") or "")
-        if "usage" in data:
-            self.usage = usage_of(data.get("usage"))
+    def _usage_of(self, block: Any) -> Usage:
+        return usage_of(block)
+
+    def _read_answer(self, data: dict[str, Any]) -> None:
         choices = data.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             self.finish_reason = str(choices[0].get("finish_reason") or "")

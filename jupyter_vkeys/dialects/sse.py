@@ -74,8 +74,22 @@ class Meter:
         self._pending = b""
 
     def read_body(self, body: bytes) -> None:
-        """Meter a non-streamed JSON answer (parsed once here)."""
+        """Meter a non-streamed JSON answer (parsed once here): its model and usage block
+        in every dialect, the rest by :meth:`_read_answer`."""
+        data = json_object(body)
+        if data is None:
+            return
+        self.response_model = str(data.get("model") or "")
+        if "usage" in data:
+            self.usage = self._usage_of(data.get("usage"))
+        self._read_answer(data)
+
+    def _usage_of(self, block: Any) -> Usage:  # pragma: no cover - overridden
+        """The dialect's usage extractor."""
         raise NotImplementedError
+
+    def _read_answer(self, data: dict[str, Any]) -> None:
+        """What else a whole answer says (its finish reason), dialect by dialect."""
 
     def feed(self, data: bytes) -> bytes:
         """Take upstream bytes, return the bytes to send to the client now."""

@@ -36,6 +36,7 @@ import select
 import socket
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import httptools
@@ -74,21 +75,18 @@ def _date_header() -> bytes:
     return _date_cache[1]
 
 
+@dataclass(slots=True)
 class Request:
     """One fully read request, waiting its turn on its connection (``refusal``: a
     :class:`ProtocolError` to answer instead of serving it)."""
 
-    __slots__ = ("method", "url", "version", "items", "body", "keep_alive", "refusal")
-
-    def __init__(self, method: str, url: str, version: str, items: list[tuple[str, str]],
-                 body: bytes, keep_alive: bool, refusal: ProtocolError | None = None) -> None:
-        self.method = method
-        self.url = url
-        self.version = version
-        self.items = items
-        self.body = body
-        self.keep_alive = keep_alive
-        self.refusal = refusal
+    method: str
+    url: str
+    version: str
+    items: list[tuple[str, str]]
+    body: bytes
+    keep_alive: bool
+    refusal: ProtocolError | None = None
 
 
 class ProtocolError(Exception):

@@ -233,3 +233,37 @@ def test_cli_usage_and_sql(make_gateway):
     bad = subprocess.run([sys.executable, "-m", "jupyter_vkeys.cli", "sql", "SELEC nonsense"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_two_writers_on_one_warehouse_lose_no_row(tmp_path):
+    """After a SIGKILL the dead gateway's writer, orphaned, converts what is left while the
+    next gateway's ``--once`` rebuild converts too. Four writers started at once on 40
+    segments of 25 calls each: every call is in Parquet exactly once (they take turns
+    through the writer lock; without it they share staging folders and rows go missing)."""
+    from jupyter_vkeys.call import Call
+    from jupyter_vkeys.warehouse.journal import Journal
+
+    root = tmp_path / "warehouse"
+    journal = Journal(root / "journal")
+    ids = []
+    for _ in range(40):
+        for _ in range(25):
+            call = Call("chat.completions", "openai")
+            call.status, call.ended = "ok", time.time()
+            journal.append("events", call.event())
+            ids.append(call.request_id)
+        journal.roll("events")
+    journal.close()
+    writers = [subprocess.Popen([sys.executable, "-m", "jupyter_vkeys.warehouse.writer",
+                                 str(root), "--once"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for proc in writers:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert not list((root / "journal").glob("*.jsonl")), "every segment is converted"
+    rows = warehouse.connect(root).execute(
+        "SELECT request_id, count(*) FROM events GROUP BY request_id").fetchall()
+    counts = dict(rows)
+    assert len(counts) == len(ids) and set(counts) == set(ids), \
+        f"{len(set(ids) - set(counts))} of {len(ids)} calls are missing"
+    assert set(counts.values()) == {1}, "a call is in Parquet twice"

@@ -9,11 +9,19 @@ when its parent gateway is gone.
 
 With ``--once`` it converts what is pending, prints the spend of every key
 path in the given windows as JSON (the gateway's budget rebuild), and exits.
+
+One writer works on a warehouse at a time (:func:`exclusive`, an ``flock`` on
+``<root>/.writer.lock``): after a gateway is killed its writer, orphaned, converts what
+is left before it exits, while the next gateway's ``--once`` rebuild starts; two
+converters of one segment would share its staging folder and could delete each other's
+files (rows lost). The lock is released when its holder exits, however it exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -30,6 +38,22 @@ from .journal import CLOSED_SUFFIX
 # answers SIGTERM) at once.
 
 log = logging.getLogger("jupyter_vkeys.warehouse.writer")
+
+
+LOCK_FILE = ".writer.lock"
+
+
+@contextlib.contextmanager
+def exclusive(root: Path):
+    """Hold the warehouse's writer lock (blocking until another writer lets it go). Taken
+    around every conversion, copy and maintenance pass, and the whole ``--once`` run."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (closing releases the lock)
 
 
 def convert_pending(root: Path) -> int:
@@ -139,14 +163,16 @@ def run(root: Path, parent: int, retention_days: int, poll: float, bucket: str =
     signal.signal(signal.SIGINT, stop)
     last_maintenance = time.monotonic() - 3600 + 30  # first maintenance after 30 s
     while True:
-        if convert_pending(root) or bucket:
-            copy_out(root, bucket, replica)
-        if time.monotonic() - last_maintenance > 3600:
-            maintain(root, retention_days, compact=not bucket)
-            last_maintenance = time.monotonic()
+        with exclusive(root):
+            if convert_pending(root) or bucket:
+                copy_out(root, bucket, replica)
+            if time.monotonic() - last_maintenance > 3600:
+                maintain(root, retention_days, compact=not bucket)
+                last_maintenance = time.monotonic()
         if stopping or (parent and os.getppid() != parent):
-            convert_pending(root)
-            copy_out(root, bucket, replica)
+            with exclusive(root):
+                convert_pending(root)
+                copy_out(root, bucket, replica)
             return
         time.sleep(poll)
 
@@ -164,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.once:
-        convert_pending(args.root)
-        copy_out(args.root, args.bucket, args.replica)
-        json.dump({"spend": spend_by_path(args.root, json.loads(args.windows)),
-                   "typical_output": typical_output(args.root)}, sys.stdout)
+        with exclusive(args.root):
+            convert_pending(args.root)
+            copy_out(args.root, args.bucket, args.replica)
+            json.dump({"spend": spend_by_path(args.root, json.loads(args.windows)),
+                       "typical_output": typical_output(args.root)}, sys.stdout)
         return 0
     _yield_cpu()
     run(args.root, args.parent, args.retention_days, args.poll, args.bucket, args.replica)

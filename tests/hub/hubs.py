@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[2]
 SNIPPET = REPO / "examples" / "jupyterhub" / "jupyterhub_config.py"
@@ -39,11 +39,15 @@ class HubProcess:
 
     def __init__(self, root: Path, *, users: dict[str, list[str]], service_config: dict,
                  extra_config: str = "", service_token: str = "",
-                 service_port: int | None = None) -> None:
+                 service_port: int | None = None,
+                 on_spawned: Callable[[HubProcess], None] | None = None) -> None:
         """With ``service_token`` the vkeys service is external (the README's systemd
         way): its entry keeps its URL (``service_port``: a load balancer's, say) but
         loses its command and gets that ``api_token``; the Hub starts no service and
-        does not wait for one; the test starts it with :meth:`external_service_env`."""
+        does not wait for one. The test starts it in ``on_spawned`` (called once the
+        ``jupyterhub`` process runs, before waiting for it: the Hub checks an external
+        service at start-up and waits up to 30 s for it to answer), with
+        :meth:`external_service_env`."""
         self.root = root
         self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
         self.service_port = service_port or free_port()
@@ -108,6 +112,8 @@ class HubProcess:
             [str(BIN / "jupyterhub"), "-f", str(config)], cwd=hub_dir, env=env,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
+            if on_spawned is not None:
+                on_spawned(self)
             self._wait(lambda: request("GET", f"{self.base}/hub/health")[0] == 200,
                        "the Hub", 90)
             if not service_token:
@@ -161,10 +167,17 @@ class HubProcess:
 
     # -- servers -----------------------------------------------------------------------
     def start_server(self, user: str) -> None:
-        status, body = self.hub("POST", f"/users/{user}/server")
-        assert status in (201, 202), (status, body)
-        self._wait(lambda: (self.hub("GET", f"/users/{user}")[1] or {}).get(
-            "servers", {}).get("", {}).get("ready"), f"{user}'s server", 120)
+        self.start_servers(user)
+
+    def start_servers(self, *users: str) -> None:
+        """Start the servers of ``users`` together (faster than one after another), and
+        wait until each is ready."""
+        for user in users:
+            status, body = self.hub("POST", f"/users/{user}/server")
+            assert status in (201, 202), (status, body)
+        for user in users:
+            self._wait(lambda: (self.hub("GET", f"/users/{user}")[1] or {}).get(
+                "servers", {}).get("", {}).get("ready"), f"{user}'s server", 120)
 
     def stop_server(self, user: str) -> None:
         status, body = self.hub("DELETE", f"/users/{user}/server")

@@ -95,9 +95,10 @@ class Farm:
         self.parts.append(self.upstream)
         secrets_dir = root / "vkeys-secrets"
         secrets_dir.mkdir(mode=0o700)
-        key_file = secrets_dir / "provider.key"
+        self.key_file = key_file = secrets_dir / "provider.key"
         key_file.write_text(REAL_KEY)
         key_file.chmod(0o600)
+        self.pepper = secrets.token_hex(32)  # the same VKEYS_PEPPER on every replica
         # one cookie secret for every replica (an operator puts it on each machine)
         self.cookie_secret = secrets_dir / "cookie_secret"
         self.cookie_secret.write_text(secrets.token_hex(32))
@@ -106,15 +107,29 @@ class Farm:
         self.balancer = HAProxy(root / "haproxy", [("127.0.0.1", p) for p in self.replica_ports],
                                 health=f"{PREFIX}/api/health")
         self.parts.append(self.balancer)
+        self.replicas: list[Replica] = []
         self.hub: HubProcess = start_hub(root / "hubroot", users=USERS, service_config={},
                                          service_token=SERVICE_TOKEN,
                                          service_port=self.balancer.port,
-                                         extra_config="c.Spawner.poll_interval = 2")
+                                         extra_config="c.Spawner.poll_interval = 2",
+                                         on_spawned=self._start_replicas)
         self.parts.append(self.hub)
-        provider = {"api_key_file": str(key_file)}
-        env = {"VKEYS_PEPPER": secrets.token_hex(32)}
-        self.replicas: list[Replica] = []
-        for n, port in enumerate(self.replica_ports, 1):
+        self._wait_balanced()
+        self.tokens = {user: self._token(user) for user in ("carol", *RACERS)}
+        self.hub.start_servers("alice", "bob", "erin")
+        self.kernels = {user: self.hub.start_kernel(user) for user in ("alice", "bob")}
+
+    def _start_replicas(self, hub: HubProcess) -> None:
+        """The two replicas of the external service, started together while the Hub
+        starts (called by :class:`HubProcess`, again on fresh ports if it retries)."""
+        for replica in self.replicas:  # a previous try's
+            replica.stop()
+            self.parts.remove(replica)
+        self.replicas = []
+        root = self.root
+        provider = {"api_key_file": str(self.key_file)}
+        configs = []
+        for n in (1, 2):
             config = root / f"replica{n}.json"
             config.write_text(json.dumps({
                 "VKeysGateway": {
@@ -131,17 +146,31 @@ class Farm:
                     "data_plane_url": f"{self.balancer.url}{PREFIX}",
                     "group_policies": {"students": {"budgets": [
                         {"usd": 5, "period": "month"}]}}}}))
-            replica = Replica(root / f"replica{n}", self.redis.url, config=config,
-                              registry_url=self.pg.url, command="hub-service", port=port,
-                              env={**env, **self.hub.external_service_env(port)})
-            self.replicas.append(replica)
-            self.parts.append(replica)
-        self._wait_balanced()
-        self.tokens = {user: self._token(user) for user in ("carol", *RACERS)}
-        self.kernels: dict[str, str] = {}
-        for user in ("alice", "bob"):
-            self.hub.start_server(user)
-            self.kernels[user] = self.hub.start_kernel(user)
+            configs.append(config)
+        started: dict[int, Any] = {}
+
+        def start(n: int) -> None:
+            port = self.replica_ports[n]
+            try:
+                started[n] = Replica(
+                    root / f"replica{n + 1}", self.redis.url, config=configs[n],
+                    registry_url=self.pg.url, command="hub-service", port=port,
+                    env={"VKEYS_PEPPER": self.pepper, **hub.external_service_env(port)})
+            except BaseException as exc:
+                started[n] = exc
+
+        threads = [threading.Thread(target=start, args=(n,)) for n in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        for n in (0, 1):
+            if isinstance(started.get(n), Replica):
+                self.replicas.append(started[n])
+                self.parts.append(started[n])
+        for n in (0, 1):
+            if not isinstance(started.get(n), Replica):
+                raise RuntimeError(f"replica {n + 1} did not start: {started.get(n)!r}")
 
     def _wait_balanced(self, timeout: float = 30) -> None:
         """Until haproxy's checks see both replicas up (four health calls in a row)."""
@@ -275,8 +304,7 @@ def test_one_personal_key_per_user_when_first_kernels_race_on_both_replicas(farm
                        "GROUP BY owner", RACERS)
     assert sorted(parents) == [(user, 1, 2) for user in RACERS], parents
 
-    # real kernels: erin's server starts, then two kernels at once
-    farm.hub.start_server("erin")
+    # real kernels: erin's server runs (started with the others); two kernels at once
     kernels: list[str] = []
     threads = [threading.Thread(target=lambda: kernels.append(farm.hub.start_kernel("erin")))
                for _ in range(2)]

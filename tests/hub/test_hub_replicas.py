@@ -409,6 +409,33 @@ def test_a_revoke_through_one_replica_is_refused_on_the_other(farm):
     assert status == 200 and body["state"] == "revoked", body
     assert works(key, 1) == 401 and works(key, 0) == 401
 
+    # the same keys revoked at once through both replicas: each revoked and audited once
+    minted = [request("POST", f"{farm.url}/api/hub/kernels", {"kernel_id": f"twice-{i}"},
+                      token=farm.tokens["r1"]) for i in range(6)]
+    ids = [body["key_id"] for status, body in minted if status == 201]
+    assert len(ids) == 6, minted
+    seq = farm.sql("SELECT coalesce(max(seq), 0) FROM vkeys_audit")[0][0]
+    answers: list[int] = []
+
+    def revoke(key_id: str, n: int, gate: threading.Barrier) -> None:
+        gate.wait()
+        answers.append(request("POST", f"{farm.direct(n)}/api/keys/{key_id}/revoke",
+                               token=farm.tokens["carol"])[0])
+
+    threads = []
+    for key_id in ids:
+        gate = threading.Barrier(2)
+        threads += [threading.Thread(target=revoke, args=(key_id, n, gate)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert answers == [200] * 12, answers
+    audited = Counter(target for (target,) in farm.sql(
+        "SELECT target FROM vkeys_audit WHERE seq > %s AND action = 'key.revoke'", seq))
+    assert audited == Counter({f"key:{key_id}": 1 for key_id in ids}), (audited, seq, farm.sql(
+        "SELECT seq, actor, action, target FROM vkeys_audit ORDER BY seq DESC LIMIT 20"))
+
     # a kernel stop: its server asks the balancer (either replica) to revoke its key
     kernel = farm.hub.start_kernel("alice")
     key = farm.run("alice", CALLS, kernel)["env"]["OPENAI_API_KEY"]

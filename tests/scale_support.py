@@ -172,7 +172,7 @@ class HAProxy:
     def log_text(self) -> str:
         """What haproxy printed (its warnings, a backend going down), for a failure."""
         self.log.flush()
-        return (self.log.name and Path(self.log.name).read_text(errors="replace"))[-3000:]
+        return Path(self.log.name).read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -252,6 +252,9 @@ def farm(tmp_path_factory):
 
 
 def test_kernels_get_keys_through_the_balancer_and_either_replica_serves_calls(farm):
+    """alice's kernel got its key through the balancer; its SDK calls go through the
+    balancer, both replicas serve some (their access logs), and the key works on each
+    replica reached directly."""
     calls = r"POST \S*/(openai/v1/chat/completions|anthropic/v1/messages) 200"
     before = farm.served(calls)
     for _ in range(3):
@@ -388,6 +391,8 @@ def test_the_oauth_cookie_of_one_replica_is_good_on_the_other(farm):
 
 
 def test_a_revoke_through_one_replica_is_refused_on_the_other(farm):
+    """An admin revoke on replica 1 and a kernel stop (through the balancer) are refused
+    on the other replica at its next request; revokes racing on both count once."""
     import openai
 
     def works(key: str, n: int) -> int:

@@ -35,17 +35,16 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 from .keys import KeyRecord
+from .policy import PolicyEngine
 from .policy.spec import EMPTY, PolicyError, check_scope, parse_policy
-from .registry import MAX_KEY_ID_CHARS, KeyNotFound, check_grace, check_name
-from .store import public_view
+from .registry import MAX_KEY_ID_CHARS, KeyNotFound, KeyRegistry, check_grace, check_name
+from .store import Store, public_view
+from .warehouse.sink import EventSink
 
-if TYPE_CHECKING:
-    from .gateway.core import VKeysGateway
-
-__all__ = ["ControlPlane", "DataDirBusy", "DataDirLock", "OperationError", "publish",
+__all__ = ["ControlPlane", "DataOwner", "DataDirBusy", "DataDirLock", "OperationError", "publish",
            "running_gateway", "unpublish", "LOCK_FILE", "ADDRESS_FILE"]
 
 log = logging.getLogger("jupyter_vkeys")
@@ -239,6 +238,18 @@ def _query_int(name: str, value: Any, low: int, high: int, default: int) -> int:
     return value
 
 
+class DataOwner(Protocol):
+    """What the control plane works on: the parts of a started gateway that hold its data
+    (:class:`jupyter_vkeys.gateway.core.VKeysGateway` is one; this module never imports it,
+    so the gateway can own a control plane without a circle)."""
+
+    registry: KeyRegistry
+    policy: PolicyEngine
+    store: Store
+    sink: EventSink
+    clock: Callable[[], float]
+
+
 class ControlPlane:
     """The admin operations of one started gateway.
 
@@ -250,7 +261,7 @@ class ControlPlane:
     :class:`~jupyter_vkeys.policy.PolicyError` (400) before anything is written.
     """
 
-    def __init__(self, gateway: VKeysGateway) -> None:
+    def __init__(self, gateway: DataOwner) -> None:
         self.gateway = gateway
 
     # -- keys ------------------------------------------------------------------------

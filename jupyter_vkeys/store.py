@@ -54,9 +54,31 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
-_KEY_COLUMNS = ("id", "secret_hash", "alias", "owner", "team", "project", "parent_id",
-                "created_at", "expires_at", "revoked_at", "metadata", "policy",
-                "previous_secret_hash", "previous_valid_until")
+# The columns of a key row, in order: the SQLite store and the PostgreSQL registry
+# (jupyter_vkeys.state.pg_store) both keep keys so, and share key_row/key_record.
+KEY_COLUMNS = ("id", "secret_hash", "alias", "owner", "team", "project", "parent_id",
+               "created_at", "expires_at", "revoked_at", "metadata", "policy",
+               "previous_secret_hash", "previous_valid_until")
+
+
+def key_row(record: KeyRecord) -> tuple:
+    """``record`` as a row of :data:`KEY_COLUMNS` (metadata and policy as JSON text)."""
+    return (record.id, record.secret_hash, record.alias, record.owner, record.team,
+            record.project, record.parent_id, record.created_at, record.expires_at,
+            record.revoked_at, json.dumps(record.metadata), json.dumps(record.policy),
+            record.previous_secret_hash, record.previous_valid_until)
+
+
+def key_record(row: tuple) -> KeyRecord:
+    """The record of a row of :data:`KEY_COLUMNS`, as either database returns it (hashes
+    as ``bytes``, or PostgreSQL's ``memoryview``)."""
+    values = dict(zip(KEY_COLUMNS, row))
+    values["metadata"] = json.loads(values["metadata"])
+    values["policy"] = json.loads(values["policy"])
+    for name in ("secret_hash", "previous_secret_hash"):
+        if values[name] is not None and not isinstance(values[name], bytes):
+            values[name] = bytes(values[name])
+    return KeyRecord(**values)
 
 
 def public_view(record: KeyRecord | None) -> dict[str, Any] | None:
@@ -96,18 +118,18 @@ class Store:
     # -- keys ------------------------------------------------------------------------
     def load_keys(self, owner: str | None = None) -> list[KeyRecord]:
         """Every key record (for the in-memory registry at start-up), or ``owner``'s."""
-        query = f"SELECT {', '.join(_KEY_COLUMNS)} FROM keys"
+        query = f"SELECT {', '.join(KEY_COLUMNS)} FROM keys"
         rows = (self.db.execute(query + " WHERE owner = ?", (owner,)) if owner is not None
                 else self.db.execute(query)).fetchall()
-        return [self._record(row) for row in rows]
+        return [key_record(row) for row in rows]
 
     def save_key(self, before: KeyRecord | None, after: KeyRecord, *, actor: str,
                  action: str) -> None:
         """Insert or replace ``after`` and audit the change from ``before``, atomically."""
-        row = self._row(after)
+        row = key_row(after)
         with self._transaction() as db:
-            db.execute(f"INSERT OR REPLACE INTO keys ({', '.join(_KEY_COLUMNS)}) "
-                       f"VALUES ({', '.join('?' * len(_KEY_COLUMNS))})", row)
+            db.execute(f"INSERT OR REPLACE INTO keys ({', '.join(KEY_COLUMNS)}) "
+                       f"VALUES ({', '.join('?' * len(KEY_COLUMNS))})", row)
             self._audit(db, actor, action, f"key:{after.id}", public_view(before),
                         public_view(after))
 
@@ -168,17 +190,3 @@ class Store:
         cursor = db.execute("INSERT INTO audit (ts, actor, action, target, before, after) "
                             "VALUES (:ts, :actor, :action, :target, :before, :after)", row)
         self._pending_audit = {"seq": cursor.lastrowid, **row}
-
-    @staticmethod
-    def _row(record: KeyRecord) -> tuple:
-        return (record.id, record.secret_hash, record.alias, record.owner, record.team,
-                record.project, record.parent_id, record.created_at, record.expires_at,
-                record.revoked_at, json.dumps(record.metadata), json.dumps(record.policy),
-                record.previous_secret_hash, record.previous_valid_until)
-
-    @staticmethod
-    def _record(row: tuple) -> KeyRecord:
-        values = dict(zip(_KEY_COLUMNS, row))
-        values["metadata"] = json.loads(values["metadata"])
-        values["policy"] = json.loads(values["policy"])
-        return KeyRecord(**values)

@@ -3,8 +3,9 @@
 Providers count differently: OpenAI's ``prompt_tokens`` include cached tokens
 and ``completion_tokens`` include reasoning tokens; Anthropic's ``input_tokens``
 exclude cache reads and cache writes. :class:`Usage` holds disjoint classes so
-that pricing never double-counts. The extractors are called by the meters in
-:mod:`jupyter_vkeys.gateway.metering` with the provider's parsed usage block.
+that pricing never double-counts. Each dialect's extractor
+(``jupyter_vkeys.dialects.openai.usage_of``, ``...anthropic.usage_of``) builds one from
+the provider's parsed usage block.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Usage:
 
     def bounded(self) -> "Usage":
         """Clamp every class to :data:`TOKEN_LIMIT` (flagging ``clamped``); returns self.
-        Called by the extractors below on whatever a provider reported."""
+        Called by the dialects' extractors on whatever a provider reported."""
         for name in ("input_uncached", "cache_read", "cache_write_5m", "cache_write_1h",
                      "output", "reasoning"):
             if getattr(self, name) > TOKEN_LIMIT:
@@ -64,53 +65,10 @@ class Usage:
         return self
 
 
-def _int(block: Any, name: str) -> int:
+def token_count(block: Any, name: str) -> int:
+    """``block[name]`` if ``block`` is a dict and it is a positive integer, else 0: how the
+    dialects' usage extractors (:mod:`jupyter_vkeys.dialects`) read a provider's counts."""
     if not isinstance(block, dict):
         return 0
     value = block.get(name)
     return value if isinstance(value, int) and value > 0 else 0
-
-
-def from_openai(block: Any) -> Usage:
-    """Usage from an OpenAI ``usage`` block (chat/completions, embeddings or responses)."""
-    if not isinstance(block, dict):
-        return Usage()
-    if "input_tokens" in block:  # Responses API
-        total_in = _int(block, "input_tokens")
-        cached = _int(block.get("input_tokens_details"), "cached_tokens")
-        output = _int(block, "output_tokens")
-        reasoning = _int(block.get("output_tokens_details"), "reasoning_tokens")
-    else:
-        total_in = _int(block, "prompt_tokens")
-        cached = _int(block.get("prompt_tokens_details"), "cached_tokens")
-        output = _int(block, "completion_tokens")
-        reasoning = _int(block.get("completion_tokens_details"), "reasoning_tokens")
-    cached = min(cached, total_in)
-    return Usage(input_uncached=total_in - cached, cache_read=cached, output=output,
-                 reasoning=min(reasoning, output)).bounded()
-
-
-def from_anthropic(block: Any, into: Usage | None = None) -> Usage:
-    """Usage from an Anthropic ``usage`` block.
-
-    Streams report usage in ``message_start`` and, cumulatively, in each
-    ``message_delta``: pass the previous result as ``into`` and the fields the
-    new block carries replace the old ones (never summed).
-    """
-    usage = into if into is not None else Usage()
-    if not isinstance(block, dict):
-        return usage
-    if "input_tokens" in block and block["input_tokens"] is not None:
-        usage.input_uncached = _int(block, "input_tokens")
-    if block.get("cache_read_input_tokens") is not None:
-        usage.cache_read = _int(block, "cache_read_input_tokens")
-    creation = block.get("cache_creation")
-    if isinstance(creation, dict):
-        usage.cache_write_5m = _int(creation, "ephemeral_5m_input_tokens")
-        usage.cache_write_1h = _int(creation, "ephemeral_1h_input_tokens")
-    elif block.get("cache_creation_input_tokens") is not None:
-        usage.cache_write_5m = _int(block, "cache_creation_input_tokens")
-        usage.cache_write_1h = 0
-    if block.get("output_tokens") is not None:
-        usage.output = _int(block, "output_tokens")
-    return usage.bounded()

@@ -21,7 +21,8 @@ from traitlets.config import Config
 
 from jupyter_vkeys.gateway import VKeysGateway, make_app
 from jupyter_vkeys.gateway.app import proxy_routes
-from jupyter_vkeys.gateway.lean_server import LeanServer, listening_socket
+from jupyter_vkeys.gateway.lean_server import LeanServer
+from jupyter_vkeys.http.server import listening_socket
 
 REAL_OPENAI_KEY = "sk-real-openai-SECRET-0123456789abcdef"
 REAL_ANTHROPIC_KEY = "sk-ant-real-SECRET-fedcba9876543210"

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from jupyter_vkeys.providers.lean_http import LeanTransport
-from jupyter_vkeys.providers.transport import UpstreamError, UpstreamRequest
+from jupyter_vkeys.http.client import LeanTransport
+from jupyter_vkeys.http.upstream import UpstreamError, UpstreamRequest
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 CHUNKED = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"

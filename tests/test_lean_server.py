@@ -516,7 +516,7 @@ def test_bodyless_statuses_carry_no_content_length(make_gateway, monkeypatch, st
 
 
 def test_header_values_with_cr_or_lf_are_never_written():
-    from jupyter_vkeys.gateway.lean_server import _head
+    from jupyter_vkeys.http.server import head as _head
 
     head = _head(200, [("x-ok", "1"), ("x-bad", "a\r\nset-cookie: evil=1"),
                        ("x-lf", "b\nx: y"), ("bad\r\nname", "v"), ("x-nul", "a\0b"),

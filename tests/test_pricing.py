@@ -8,7 +8,8 @@ import pytest
 from genai_prices import Usage as GPUsage, calc_price
 
 from jupyter_vkeys.pricing import PriceTable
-from jupyter_vkeys.usage import from_anthropic, from_openai
+from jupyter_vkeys.dialects.anthropic import usage_of as from_anthropic
+from jupyter_vkeys.dialects.openai import usage_of as from_openai
 
 M = 1e-6  # USD per token when a price is "$1 per million tokens"
 

@@ -14,9 +14,9 @@ import ssl
 import pytest
 import trustme
 
-from jupyter_vkeys.providers.lean_http import LeanTransport
-from jupyter_vkeys.providers.transport import (HttpTransport, ProxySettings, UpstreamError,
-                                               UpstreamRequest)
+from jupyter_vkeys.http.client import LeanTransport
+from jupyter_vkeys.http.aiohttp_client import HttpTransport
+from jupyter_vkeys.http.upstream import ProxySettings, UpstreamError, UpstreamRequest
 from misbehaving import ConnectProxy, Misbehaving, chunked, gzipped, response
 
 CLIENTS = ["lean", "aiohttp"]

@@ -109,7 +109,7 @@ READER = textwrap.dedent("""
     root, seconds = sys.argv[1], float(sys.argv[2])
     deadline = time.time() + seconds
     seen, last = 0, 0
-    while time.time() < deadline:
+    while time.time() < deadline or seen < 3:  # (3 reads however slow the machine is)
         con = warehouse.connect(root)
         n, distinct = con.execute(
             "SELECT count(*), count(DISTINCT event_id) FROM events").fetchone()
@@ -136,8 +136,10 @@ def test_readers_in_other_processes_while_writing(make_gateway, tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     client = openai_client(gw, key)
-    deadline, calls = time.time() + 4.5, 0
-    while time.time() < deadline:
+    calls = 0
+    # Write until both readers are done (4 s, or 3 reads each on a loaded machine), so
+    # every read they make races the writer.
+    while calls < 20 or any(proc.poll() is None for proc in readers):
         client.chat.completions.create(model="gpt-4o-mini", max_tokens=3,
                                        messages=[{"role": "user", "content": str(calls)}])
         calls += 1
@@ -145,7 +147,7 @@ def test_readers_in_other_processes_while_writing(make_gateway, tmp_path):
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         result = json.loads(out)
-        assert result["reads"] >= 2
+        assert result["reads"] >= 3
     gw.call_in_loop(gw.gateway.sink.flush)
     gw.gateway.sink.wait_converted()
     con = warehouse.connect(root)

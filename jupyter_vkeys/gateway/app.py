@@ -13,15 +13,13 @@ from typing import Callable
 import tornado.log
 import tornado.web
 
+from ..dialects import DIALECTS
 from .admin import TokenAdminAuth, admin_handlers, key_api_handlers
 from .cell_api import cell_handlers
 from .core import VKeysGateway
 from .dataplane import ModelHandler, ModelsHandler, NotFoundHandler, ProxyHandler
-from ..telemetry.handlers import telemetry_handlers
+from .telemetry_api import telemetry_handlers
 
-OPENAI_OPERATIONS = {"chat/completions": "chat.completions", "completions": "completions",
-                     "embeddings": "embeddings", "responses": "responses"}
-ANTHROPIC_OPERATIONS = {"messages": "messages", "messages/count_tokens": "messages.count_tokens"}
 
 
 def route_prefix(gateway: VKeysGateway, base_url: str = "") -> str:
@@ -32,11 +30,8 @@ def route_prefix(gateway: VKeysGateway, base_url: str = "") -> str:
 def proxy_routes(gateway: VKeysGateway, base_url: str = "") -> dict[str, tuple[str, str]]:
     """``{path: (operation, dialect)}`` of every data-plane POST route."""
     prefix = route_prefix(gateway, base_url)
-    routes = {f"{prefix}/openai/v1/{path}": (operation, "openai")
-              for path, operation in OPENAI_OPERATIONS.items()}
-    routes.update({f"{prefix}/anthropic/v1/{path}": (operation, "anthropic")
-                   for path, operation in ANTHROPIC_OPERATIONS.items()})
-    return routes
+    return {f"{prefix}/{dialect.name}/v1/{op.route}": (op.name, dialect.name)
+            for dialect in DIALECTS.values() for op in dialect.operations}
 
 
 def key_handlers(gateway: VKeysGateway, base_url: str = "") -> list[tuple]:
@@ -46,14 +41,11 @@ def key_handlers(gateway: VKeysGateway, base_url: str = "") -> list[tuple]:
     routes: list[tuple] = [
         (path, ProxyHandler, {"gateway": gateway, "operation": operation, "dialect": dialect})
         for path, (operation, dialect) in proxy_routes(gateway, base_url).items()]
-    routes.append((f"{prefix}/openai/v1/models", ModelsHandler,
-                   {"gateway": gateway, "dialect": "openai"}))
-    routes.append((f"{prefix}/anthropic/v1/models", ModelsHandler,
-                   {"gateway": gateway, "dialect": "anthropic"}))
-    routes.append((f"{prefix}/openai/v1/models/(.+)", ModelHandler,
-                   {"gateway": gateway, "dialect": "openai"}))
-    routes.append((f"{prefix}/anthropic/v1/models/(.+)", ModelHandler,
-                   {"gateway": gateway, "dialect": "anthropic"}))
+    for name in DIALECTS:
+        routes.append((f"{prefix}/{name}/v1/models", ModelsHandler,
+                       {"gateway": gateway, "dialect": name}))
+        routes.append((f"{prefix}/{name}/v1/models/(.+)", ModelHandler,
+                       {"gateway": gateway, "dialect": name}))
     return routes + key_api_handlers(prefix, gateway) + cell_handlers(prefix, gateway)
 
 

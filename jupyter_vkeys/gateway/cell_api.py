@@ -17,13 +17,12 @@ from typing import Any
 
 import orjson
 
+from ..dialects import OPERATIONS
 from ..keys import KeyRecord
 from .dataplane import DataPlaneHandler, public_endpoint
 from .dry_run import estimate
 from .errors import ApiError
 
-OPERATIONS = ("chat.completions", "completions", "responses", "embeddings", "messages",
-              "messages.count_tokens")
 MAX_CELL_ID = 256
 
 

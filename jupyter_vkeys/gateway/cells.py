@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .call import Call
+    from ..call import Call
     from .dry_run import Estimate
 
 MAX_OPEN_RUNS = 50_000

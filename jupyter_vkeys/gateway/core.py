@@ -23,31 +23,27 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..keys import KeyRecord
+from ..paths import default_data_dir
 from ..policy import PolicyEngine, PolicyError, parse_policy
 from ..pricing import PriceTable
 from ..providers.catalog import DEFAULT_CATALOG, Catalog, ModelEntry
 from ..providers.config import DEFAULT_PROVIDERS, ProviderConfig, load_providers
 from ..providers.fake import FakeTransport
-from ..providers.lean_http import LeanTransport
+from ..http.client import LeanTransport
 from ..providers.scrub import Scrubber
-from ..providers.transport import HttpTransport, ProxySettings, Transport
+from ..http.aiohttp_client import HttpTransport
+from ..http.upstream import ProxySettings, Transport
 from ..registry import KeyRegistry
 from ..runtime import ControlPlane, DataDirLock, publish
 from ..state import SharedLedger, open_ledger
 from ..state.base import default_replica_id
 from ..store import Store
+from ..warehouse.sink import EventSink
 from .cells import CellTracker
 from .dry_run import OutputHistory
 from .pacing import RefusalPacer
 
 log = logging.getLogger("jupyter_vkeys")
-
-
-def default_data_dir() -> str:
-    """``<jupyter data dir>/vkeys``: where keys, the pepper and the warehouse live."""
-    from jupyter_core.paths import jupyter_data_dir
-
-    return os.path.join(jupyter_data_dir(), "vkeys")
 
 
 def _secret_file(path: Path, nbytes: int = 32) -> str:
@@ -62,31 +58,6 @@ def _secret_file(path: Path, nbytes: int = 32) -> str:
     return value
 
 
-class EventSink:
-    """Where call events go. The default keeps the last few in memory (for ``/api/me``
-    and tests); the warehouse journal replaces it."""
-
-    def __init__(self, keep: int = 1000) -> None:
-        self.keep = keep
-        self.events: list[dict[str, Any]] = []
-
-    def hold(self, request_id: str, started: float, row: Callable[[], dict[str, Any]]) -> None:
-        """Called by the data plane when a call is admitted with a budget hold; ``row``
-        builds the hold's journal row if the sink decides to write it."""
-
-    def audit(self, row: dict[str, Any]) -> None:
-        """Called by the store after each admin action is committed."""
-
-    def emit(self, event: dict[str, Any]) -> None:
-        """Called by the data plane once per call, before the response ends."""
-        self.events.append(event)
-        if len(self.events) > self.keep * 2:
-            del self.events[:-self.keep]
-
-    def close(self) -> None:
-        """Flush and close; called at gateway shutdown."""
-
-
 class VKeysGateway(LoggingConfigurable):
     """Configuration and runtime state of one gateway."""
 
@@ -96,7 +67,7 @@ class VKeysGateway(LoggingConfigurable):
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
-        return os.environ.get("VKEYS_DATA_DIR") or default_data_dir()
+        return default_data_dir()
 
     prefix = Unicode("/vkeys", help="URL prefix of every gateway route (after Jupyter's "
                                     "base_url when running as an extension).").tag(config=True)

@@ -20,12 +20,13 @@ import orjson
 import tornado.iostream
 import tornado.web
 
+from ..dialects import DIALECTS
 from ..keys import KeyRecord
 from ..policy import Refusal
 from .core import VKeysGateway
 from .errors import ApiError
-from .exchange import ClientGone, Exchange
-from .proxy import ProxyCall, authenticate, error_response, token_of
+from ..http.exchange import ClientGone, Exchange
+from .proxy import ProxyCall, authenticate, error_response
 
 
 def public_endpoint(method):
@@ -127,8 +128,8 @@ class DataPlaneHandler(tornado.web.RequestHandler):
     def authenticate(self) -> KeyRecord:
         """The caller's key record; raises a 401 :class:`ApiError` saying why not."""
         headers = self.request.headers
-        return authenticate(self.gateway, token_of(headers.get("Authorization"),
-                                                   headers.get("x-api-key"), self.dialect))
+        return authenticate(self.gateway, DIALECTS[self.dialect].credential(
+            headers.get("Authorization"), headers.get("x-api-key")))
 
     def key_or_refusal(self) -> KeyRecord | None:
         """The caller's key record, or None once the 401 saying why has been sent. Called
@@ -193,14 +194,6 @@ def callable_models(gateway: VKeysGateway, record: KeyRecord) -> list[tuple[str,
     return names
 
 
-def model_object(dialect: str, name: str, provider: str) -> dict[str, Any]:
-    """One model as the dialect's ``/models`` answers describe it."""
-    if dialect == "anthropic":
-        return {"type": "model", "id": name, "display_name": name,
-                "created_at": "1970-01-01T00:00:00Z"}
-    return {"id": name, "object": "model", "created": 0, "owned_by": provider}
-
-
 class ModelsHandler(DataPlaneHandler):
     """``GET .../v1/models``: the catalog's named models this key may call."""
 
@@ -209,14 +202,9 @@ class ModelsHandler(DataPlaneHandler):
         record = self.key_or_refusal()
         if record is None:
             return
-        data = [model_object(self.dialect, n, p)
-                for n, p in callable_models(self.gateway, record)]
-        if self.dialect == "anthropic":
-            self.finish(orjson.dumps({"data": data, "has_more": False,
-                                      "first_id": data[0]["id"] if data else None,
-                                      "last_id": data[-1]["id"] if data else None}))
-        else:
-            self.finish(orjson.dumps({"object": "list", "data": data}))
+        dialect = DIALECTS[self.dialect]
+        data = [dialect.model_object(n, p) for n, p in callable_models(self.gateway, record)]
+        self.finish(orjson.dumps(dialect.models_page(data)))
 
 
 class ModelHandler(DataPlaneHandler):
@@ -230,7 +218,7 @@ class ModelHandler(DataPlaneHandler):
             return
         for name, provider in callable_models(self.gateway, record):
             if name == model:
-                self.finish(orjson.dumps(model_object(self.dialect, name, provider)))
+                self.finish(orjson.dumps(DIALECTS[self.dialect].model_object(name, provider)))
                 return
         self.send_api_error(ApiError(
             404, "not_found", f"model {model!r} is not in this gateway's catalog or this key "
@@ -268,9 +256,7 @@ class NotFoundHandler(DataPlaneHandler):
         endpoint = path.partition("/v1/")[2]
         if any(endpoint == name or endpoint.startswith(name + "/") for name in UNSUPPORTED):
             message = (f"this gateway does not serve /v1/{endpoint}: it relays "
-                       + ("messages, messages/count_tokens and models" if
-                          self.dialect == "anthropic" else
-                          "chat/completions, completions, embeddings, responses and models"))
+                       f"{DIALECTS[self.dialect].served}")
         else:
             message = f"no such route on this gateway: {self.request.method} {path}"
         self.send_api_error(ApiError(404, "not_found", message, code="not_found"))

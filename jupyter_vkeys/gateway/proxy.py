@@ -21,18 +21,18 @@ from urllib.parse import urlencode
 
 import orjson
 
+from ..dialects import DIALECTS, OPERATIONS
 from ..keys import KeyRecord
 from ..policy import Refusal
 from ..pricing import Cost
-from ..providers.transport import UpstreamError, UpstreamRequest
+from ..http.upstream import UpstreamError, UpstreamRequest
 from ..registry import AuthError
 from ..state import StateUnavailable
 from ..usage import Usage
-from .call import Call
+from ..call import Call
 from .core import VKeysGateway
 from .errors import ApiError
-from .exchange import ClientGone, Exchange
-from .metering import meter_for
+from ..http.exchange import ClientGone, Exchange
 from .dry_run import estimate
 from .request_fields import choice_count, output_cap
 
@@ -43,22 +43,14 @@ log = logging.getLogger("jupyter_vkeys.gateway")
 _DROP_RESPONSE = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-connection",
                             "te", "trailer", "transfer-encoding", "upgrade", "content-length",
                             "content-encoding", "date", "server", "set-cookie"})
-_DROP_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "openai-organization", "openai-project")
+_DROP_PREFIXES = tuple(prefix for dialect in DIALECTS.values()
+                       for prefix in dialect.private_header_prefixes)
 
-# The field the gateway writes when it clamps a request without one.
-_CLAMP_FIELD = {"chat.completions": "max_completion_tokens", "completions": "max_tokens",
-                "responses": "max_output_tokens", "messages": "max_tokens"}
-# Upstream path per operation, appended to the provider's base URL.
-_PATHS = {"chat.completions": "/chat/completions", "completions": "/completions",
-          "embeddings": "/embeddings", "responses": "/responses", "messages": "/v1/messages",
-          "messages.count_tokens": "/v1/messages/count_tokens"}
 # The offline fake's controls (latency, errors): read by the in-process fake, never sent
 # to a provider. No x-vkeys-* header is ever forwarded: VKeysGateway._open leaves them out
 # of forwarded_header_names whatever c.VKeysGateway.forward_headers lists (so _relay pays
 # nothing per header for it).
 FAKE_HEADER_PREFIX = "x-vkeys-fake-"
-# Markers of the last event of a stream (held back until the call is journaled).
-_TERMINALS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
 
 _REFUSAL_STATUS = {"model": "refused_model", "unpriced": "refused_model",
                    "concurrency": "refused_rate", "rate_requests": "refused_rate",
@@ -66,9 +58,12 @@ _REFUSAL_STATUS = {"model": "refused_model", "unpriced": "refused_model",
                    "max_tokens": "refused_budget"}
 
 
-def _ends_stream(data: bytes) -> bool:
-    """Whether ``data`` holds a stream's final event."""
-    return _TERMINALS[0] in data or _TERMINALS[1] in data or _TERMINALS[2] in data
+def _ends_stream(data: bytes, markers: tuple[bytes, ...]) -> bool:
+    """Whether ``data`` holds a stream's final event (one of the dialect's ``markers``)."""
+    for marker in markers:
+        if marker in data:
+            return True
+    return False
 
 
 def refusal_error(refusal: Refusal) -> ApiError:
@@ -96,16 +91,6 @@ def upstream_error(exc: UpstreamError) -> ApiError:
     what = {"tls": "upstream TLS failed", "protocol": "upstream answered badly"}.get(
         exc.kind, "upstream unreachable")
     return ApiError(502, "upstream", f"{what}: {exc.message}", event_status="upstream_error")
-
-
-def token_of(authorization: str | None, api_key: str | None, dialect: str) -> str | None:
-    """The virtual key a client sent: ``Authorization: Bearer``, or on Anthropic routes
-    ``x-api-key``. Called with the two request headers by every data-plane route."""
-    if authorization and authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
-    if dialect == "anthropic":
-        return api_key
-    return None
 
 
 def authenticate(gateway: VKeysGateway, token: str | None) -> KeyRecord:
@@ -143,8 +128,8 @@ class ProxyCall:
     serving layer awaits :meth:`run` in a task it may cancel.
     """
 
-    __slots__ = ("gateway", "exchange", "operation", "dialect", "call", "_ticket", "_meter",
-                 "_rates", "_concluded", "_cell", "_shared")
+    __slots__ = ("gateway", "exchange", "operation", "dialect", "wire", "op", "call",
+                 "_ticket", "_meter", "_rates", "_concluded", "_cell", "_shared")
 
     def __init__(self, gateway: VKeysGateway, exchange: Exchange, operation: str,
                  dialect: str) -> None:
@@ -152,6 +137,8 @@ class ProxyCall:
         self.exchange = exchange
         self.operation = operation
         self.dialect = dialect
+        self.wire = DIALECTS[dialect]  # what the dialect knows (routes, fields, meter)
+        self.op = OPERATIONS[operation]
         self.call = Call(operation, dialect, client=(exchange.header("user-agent") or "")[:200])
         self._ticket = self._meter = self._rates = None
         self._concluded = False
@@ -232,9 +219,8 @@ class ProxyCall:
         if len(raw) > gw.max_body_bytes:
             raise ApiError(413, "too_large", f"request body of {len(raw)} bytes exceeds the "
                            f"gateway's limit of {gw.max_body_bytes} bytes")
-        call.record = record = authenticate(gw, token_of(
-            self.exchange.header("authorization"), self.exchange.header("x-api-key"),
-            self.dialect))
+        call.record = record = authenticate(gw, self.wire.credential(
+            self.exchange.header("authorization"), self.exchange.header("x-api-key")))
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -300,21 +286,17 @@ class ProxyCall:
         if upstream_model != model:
             body["model"] = upstream_model
             changed = True
-        if ticket.clamped_to is not None and self.operation in _CLAMP_FIELD:
-            body[_CLAMP_FIELD[self.operation]] = ticket.clamped_to
+        if ticket.clamped_to is not None and self.op.clamp_field:
+            body[self.op.clamp_field] = ticket.clamped_to
             changed = True
         strip_usage = False
-        if stream and self.operation in ("chat.completions", "completions"):
-            options = body.get("stream_options")
-            if not (isinstance(options, dict) and options.get("include_usage")):
-                body["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                          "include_usage": True}
-                strip_usage = changed = True
+        if stream and self.wire.ask_stream_usage(self.op, body):
+            strip_usage = changed = True
         try:
             payload = orjson.dumps(body) if changed else raw
         except orjson.JSONEncodeError:
             raise _too_deep() from None
-        self._meter = meter_for(self.dialect, self.operation, stream, strip_usage)
+        self._meter = self.wire.meter(self.operation, stream, strip_usage)
         await self._relay(call, provider, transport, body, payload)
 
     async def _admit_shared(self, call: Call, ticket, rates, input_bound: int,
@@ -380,11 +362,13 @@ class ProxyCall:
             lname = name.lower()
             if lname in forward or (to_fake and lname.startswith(FAKE_HEADER_PREFIX)):
                 headers[lname] = value
-        if provider.kind == "anthropic" and "anthropic-version" not in headers:
-            headers["anthropic-version"] = "2023-06-01"
+        if not to_fake:  # (a real provider speaks the call's dialect: checked in _handle)
+            for name, value in self.wire.required_headers.items():
+                if name not in headers:
+                    headers[name] = value
         headers.update(provider.headers)
         headers.update(provider.auth_headers())
-        url = provider.base_url + _PATHS[self.operation]
+        url = provider.base_url + self.op.upstream_path
         if provider.query:
             url += "?" + urlencode(provider.query)
         request = UpstreamRequest("POST", url, headers, payload, parsed=body,
@@ -470,6 +454,7 @@ class ProxyCall:
         key_id = call.record.id
         clock = time.perf_counter
         chunks = upstream.chunks().__aiter__()
+        ends = self.wire.stream_ends
         deferred = b""
         try:
             while True:
@@ -482,7 +467,7 @@ class ProxyCall:
                 out = meter.feed(chunk)
                 if not out:
                     continue
-                if deferred or _ends_stream(out):
+                if deferred or _ends_stream(out, ends):
                     # The stream's last event, and what arrived with it, waits for the
                     # journal write; sent together they cost the client one write less.
                     deferred += out

@@ -12,19 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..dialects import OPERATIONS
 from .errors import ApiError
-
-# Which request fields cap output tokens, per operation (the first present one counts).
-MAX_FIELDS: dict[str, tuple[str, ...]] = {
-    "chat.completions": ("max_completion_tokens", "max_tokens"),
-    "completions": ("max_tokens",), "responses": ("max_output_tokens",),
-    "messages": ("max_tokens",), "embeddings": (), "messages.count_tokens": ()}
 
 # No model writes more than this in one call; larger caps are typing errors or attacks.
 MAX_OUTPUT_TOKENS = 1_000_000
 # OpenAI allows n up to 128 on chat and legacy completions.
 MAX_CHOICES = 128
-_CHOICE_OPERATIONS = ("chat.completions", "completions")
 
 
 def _bad(field: str, value: Any, rule: str) -> ApiError:
@@ -37,8 +31,9 @@ def _bad(field: str, value: Any, rule: str) -> ApiError:
 def output_cap(operation: str, body: dict[str, Any]) -> int | None:
     """The request's own cap on output tokens: an integer in 1..MAX_OUTPUT_TOKENS, or
     None when it sets none (``null`` counts as none). Operations without output
-    (embeddings, token counts) return 0. Raises a 400 for any other value."""
-    fields = MAX_FIELDS.get(operation, ())
+    (embeddings, token counts) return 0. Which fields count is the operation's
+    ``max_fields`` (see :mod:`jupyter_vkeys.dialects`). Raises a 400 for any other value."""
+    fields = OPERATIONS[operation].max_fields
     if not fields:
         return 0
     found: int | None = None
@@ -58,7 +53,7 @@ def output_cap(operation: str, body: dict[str, Any]) -> int | None:
 def choice_count(operation: str, body: dict[str, Any]) -> int:
     """How many answers the request asks for (``n``, chat and legacy completions only):
     1..MAX_CHOICES; the output hold is multiplied by it. Raises a 400 otherwise."""
-    if operation not in _CHOICE_OPERATIONS:
+    if not OPERATIONS[operation].choices:
         return 1
     value = body.get("n")
     if value is None:

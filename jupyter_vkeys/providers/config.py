@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..dialects import DIALECTS
 from ..keys import TOKEN_PREFIX
 
 log = logging.getLogger("jupyter_vkeys.providers")
@@ -59,7 +60,8 @@ class ProviderConfig:
         """The header(s) carrying the real key, added to each upstream request."""
         if not self.api_key:
             return {}
-        header = self.auth_header or ("x-api-key" if self.kind == "anthropic" else "authorization")
+        wire = DIALECTS.get(self.kind)
+        header = self.auth_header or (wire.credential_header if wire else "authorization")
         value = f"Bearer {self.api_key}" if header == "authorization" else self.api_key
         return {header: value}
 

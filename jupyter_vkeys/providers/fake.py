@@ -42,8 +42,9 @@ from typing import Any, AsyncIterator
 
 import orjson
 
+from ..dialects import DIALECTS, OPERATIONS
 from .fake_json import instance
-from .transport import UpstreamError, UpstreamRequest
+from ..http.upstream import UpstreamError, UpstreamRequest
 
 WORDS = ("offline", "fake", "answer", "from", "jupyter", "vkeys", "about", "your", "prompt",
          "with", "deterministic", "tokens", "and", "realistic", "usage", "numbers")
@@ -154,17 +155,20 @@ class FakeAnswer:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# HTTP status -> the error kind each dialect names (see Dialect.error_types)
+_ERROR_KINDS = {400: "invalid_request", 401: "auth", 403: "permission", 404: "not_found",
+                413: "too_large", 429: "rate_limit", 504: "timeout", 529: "unavailable"}
+
+
 def _error(operation: str, status: int, message: str) -> FakeAnswer:
-    if operation.startswith("messages"):
-        kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                 429: "rate_limit_error", 529: "overloaded_error"}
-        body = {"type": "error", "error": {"type": kinds.get(status, "api_error"),
-                                           "message": message}}
-    else:
-        body = {"error": {"message": message, "type": "server_error" if status >= 500 else
-                          "invalid_request_error", "code": None, "param": None}}
+    """The fake model's error answer, in the operation's dialect."""
+    kind = _ERROR_KINDS.get(status, "internal" if status >= 500 else "invalid_request")
+    served = OPERATIONS.get(operation)
+    dialect = served.dialect if served else "anthropic" if operation.startswith("messages") \
+        else "openai"
+    body = DIALECTS[dialect].error_body(kind, message)
     return FakeAnswer(status, {"content-type": "application/json", "x-vkeys-fake": "true",
-                               "x-should-retry": "false"}, [orjson.dumps(body)])
+                               "x-should-retry": "false"}, [body])
 
 
 def _is_text_input(value: Any) -> bool:

@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable
 
 from ..keys import KeyRecord
-from ..store import public_view
+from ..store import KEY_COLUMNS, key_record, key_row, public_view
 
 __all__ = ["PgStore", "CHANNEL"]
 
@@ -86,10 +86,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS vkeys_keys_one_hub_personal ON vkeys_keys (own
     AND (metadata::jsonb ->> 'hub') = 'true'
 """
 
-_KEY_COLUMNS = ("id", "secret_hash", "alias", "owner", "team", "project", "parent_id",
-                "created_at", "expires_at", "revoked_at", "metadata", "policy",
-                "previous_secret_hash", "previous_valid_until")
-_SELECT_KEYS = f"SELECT {', '.join(_KEY_COLUMNS)} FROM vkeys_keys"
+_SELECT_KEYS = f"SELECT {', '.join(KEY_COLUMNS)} FROM vkeys_keys"
 
 
 class PgStore:
@@ -169,12 +166,12 @@ class PgStore:
         :meth:`KeyRegistry.reload_owner` reads after a :class:`KeyConflict`)."""
         rows = (self.db.execute(_SELECT_KEYS + " WHERE owner = %s", (owner,))
                 if owner is not None else self.db.execute(_SELECT_KEYS)).fetchall()
-        return [self._record(row) for row in rows]
+        return [key_record(row) for row in rows]
 
     def load_key(self, key_id: str) -> KeyRecord | None:
         """One key record (after a change notification), or None."""
         row = self.db.execute(_SELECT_KEYS + " WHERE id = %s", (key_id,)).fetchone()
-        return self._record(row) if row else None
+        return key_record(row) if row else None
 
     def save_key(self, before: KeyRecord | None, after: KeyRecord, *, actor: str,
                  action: str) -> KeyRecord | None:
@@ -188,18 +185,18 @@ class PgStore:
 
         from ..registry import KeyConflict
 
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _KEY_COLUMNS[1:])
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in KEY_COLUMNS[1:])
         db = self.db
         try:
             with db.transaction():
                 if action == "key.revoke":
                     row = db.execute(_SELECT_KEYS + " WHERE id = %s FOR UPDATE",
                                      (after.id,)).fetchone()
-                    if row is not None and row[_KEY_COLUMNS.index("revoked_at")] is not None:
-                        return self._record(row)
-                db.execute(f"INSERT INTO vkeys_keys ({', '.join(_KEY_COLUMNS)}) VALUES "
-                           f"({', '.join(['%s'] * len(_KEY_COLUMNS))}) ON CONFLICT (id) DO "
-                           f"UPDATE SET {updates}", self._row(after))
+                    if row is not None and row[KEY_COLUMNS.index("revoked_at")] is not None:
+                        return key_record(row)
+                db.execute(f"INSERT INTO vkeys_keys ({', '.join(KEY_COLUMNS)}) VALUES "
+                           f"({', '.join(['%s'] * len(KEY_COLUMNS))}) ON CONFLICT (id) DO "
+                           f"UPDATE SET {updates}", key_row(after))
                 pending = self._audit(actor, action, f"key:{after.id}", public_view(before),
                                       public_view(after))
                 self._notify(f"key:{after.id}", pending["seq"])
@@ -339,20 +336,3 @@ class PgStore:
             except Exception:
                 log.exception("jupyter-vkeys: audit row %s not passed to the warehouse",
                               pending.get("seq"))
-
-    @staticmethod
-    def _row(record: KeyRecord) -> tuple:
-        return (record.id, record.secret_hash, record.alias, record.owner, record.team,
-                record.project, record.parent_id, record.created_at, record.expires_at,
-                record.revoked_at, json.dumps(record.metadata), json.dumps(record.policy),
-                record.previous_secret_hash, record.previous_valid_until)
-
-    @staticmethod
-    def _record(row: tuple) -> KeyRecord:
-        values = dict(zip(_KEY_COLUMNS, row))
-        values["metadata"] = json.loads(values["metadata"])
-        values["policy"] = json.loads(values["policy"])
-        for name in ("secret_hash", "previous_secret_hash"):
-            if values[name] is not None:
-                values[name] = bytes(values[name])
-        return KeyRecord(**values)

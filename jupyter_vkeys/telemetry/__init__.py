@@ -12,7 +12,8 @@ and swallows every one.
 - :mod:`.access_log`: one line per request, text or JSON;
 - :mod:`.readiness`: ``GET {prefix}/api/ready``;
 - :mod:`.tracing`: OpenTelemetry spans (the ``otel`` extra, off by default);
-- :mod:`.handlers`: the tornado handlers of those two routes.
+- :mod:`.view`: what telemetry reads of the gateway (the tornado handlers of
+  `/metrics` and `/api/ready` are in :mod:`jupyter_vkeys.gateway.telemetry_api`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import TYPE_CHECKING
 from .access_log import AccessLog
 from .readiness import Readiness
 
+from .view import GatewayView
+
 if TYPE_CHECKING:
-    from ..gateway.call import Call
-    from ..gateway.core import VKeysGateway
-    from ..gateway.exchange import Exchange
+    from ..call import Call
+    from ..http.exchange import Exchange
 
 __all__ = ["Telemetry"]
 
@@ -37,7 +39,7 @@ log = logging.getLogger("jupyter_vkeys.telemetry")
 class Telemetry:
     """Metrics, access log, readiness and tracing of one gateway."""
 
-    def __init__(self, gateway: "VKeysGateway") -> None:
+    def __init__(self, gateway: GatewayView) -> None:
         self.gateway = gateway
         self.metrics = None
         self.tracer = None

@@ -28,9 +28,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
+from .view import GatewayView
+
 if TYPE_CHECKING:
-    from ..gateway.call import Call
-    from ..gateway.core import VKeysGateway
+    from ..call import Call
 
 __all__ = ["GatewayMetrics", "CONTENT_TYPE", "MAX_MODELS"]
 
@@ -53,7 +54,7 @@ class GatewayMetrics:
     ``generate_latest`` writes the exposition. Everything runs on the gateway's loop.
     """
 
-    def __init__(self, gateway: "VKeysGateway", *, per_key: bool = False) -> None:
+    def __init__(self, gateway: GatewayView, *, per_key: bool = False) -> None:
         self.gateway = gateway
         self.per_key = per_key
         self.registry = registry = CollectorRegistry(auto_describe=False)
@@ -215,7 +216,7 @@ class _StateCollector(Collector):
         yield self._pools(gw)
         yield from self._journal(gw)
 
-    def _budgets(self, gw: "VKeysGateway") -> Iterable[GaugeMetricFamily]:
+    def _budgets(self, gw: GatewayView) -> Iterable[GaugeMetricFamily]:
         spent = GaugeMetricFamily("vkeys_budget_spent_usd", "Spend in the current window of "
                                   "each budget (scope: team:, project:, user:, global; key: "
                                   "only with metrics_per_key)", labels=["scope", "period"])
@@ -244,7 +245,7 @@ class _StateCollector(Collector):
         yield remaining
         yield limit
 
-    def _pools(self, gw: "VKeysGateway") -> GaugeMetricFamily:
+    def _pools(self, gw: GatewayView) -> GaugeMetricFamily:
         pool = GaugeMetricFamily("vkeys_upstream_pool_connections", "Idle keep-alive "
                                  "connections pooled per provider", labels=["provider"])
         for name, transport in gw.transports.items():
@@ -259,7 +260,7 @@ class _StateCollector(Collector):
                     pass
         return pool
 
-    def _journal(self, gw: "VKeysGateway") -> Iterable[GaugeMetricFamily]:
+    def _journal(self, gw: GatewayView) -> Iterable[GaugeMetricFamily]:
         backlog = GaugeMetricFamily("vkeys_journal_backlog_segments", "Rolled journal "
                                     "segments the Parquet writer has not converted yet")
         backlog_bytes = GaugeMetricFamily("vkeys_journal_backlog_bytes", "Bytes of those "

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..gateway.core import VKeysGateway
+from .view import GatewayView
+
 
 __all__ = ["Readiness"]
 
@@ -34,14 +33,14 @@ class Readiness:
         self._writer_pid: int | None = None
         self._writer_seen = 0.0
 
-    def baseline(self, gateway: "VKeysGateway") -> None:
+    def baseline(self, gateway: GatewayView) -> None:
         """Note the writer started with the gateway (called once it has started), so the
         first probe does not wait for the grace period."""
         writer = getattr(gateway.sink, "writer", None)
         if writer is not None:
             self._writer_pid, self._writer_seen = writer.pid, time.monotonic() - self.grace
 
-    def check(self, gateway: "VKeysGateway") -> dict[str, str]:
+    def check(self, gateway: GatewayView) -> dict[str, str]:
         """``{part: what is wrong}`` for every failing part (empty: ready)."""
         failing: dict[str, str] = {}
         lock = gateway.lock
@@ -61,7 +60,7 @@ class Readiness:
             self._check_warehouse(gateway, failing)
         return failing
 
-    def _check_warehouse(self, gateway: "VKeysGateway", failing: dict[str, str]) -> None:
+    def _check_warehouse(self, gateway: GatewayView, failing: dict[str, str]) -> None:
         sink = gateway.sink
         journal = getattr(sink, "journal", None)
         if journal is None:

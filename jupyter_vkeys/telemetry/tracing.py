@@ -22,7 +22,7 @@ import os
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from ..gateway.call import Call
+    from ..call import Call
 
 __all__ = ["CallTracer", "make_tracer"]
 

@@ -10,13 +10,19 @@ line is ignored, and a segment converted while being listed is retried.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
 
+from ..paths import default_data_dir
+from .journal import CLOSED_SUFFIX, OPEN_SUFFIX
 from .object_store import is_object_url, list_parquet
 from .parquet import read_segment, snapshot, typed
 from .schema import SCHEMAS
+
+# Seconds a reader keeps retrying a snapshot while the writer converts segments under it.
+SNAPSHOT_PATIENCE = 10.0
 
 
 def warehouse_root(data_dir: str | os.PathLike | None = None) -> Path:
@@ -26,8 +32,7 @@ def warehouse_root(data_dir: str | os.PathLike | None = None) -> Path:
     if is_object_url(data_dir):
         return data_dir  # an s3:// warehouse: readers take the URL as it is
     if data_dir is None:
-        from ..gateway.core import default_data_dir
-        data_dir = os.environ.get("VKEYS_DATA_DIR") or default_data_dir()
+        data_dir = default_data_dir()
     path = Path(data_dir).expanduser()
     if not (path / "warehouse").exists() and any(
             (path / sub).exists() for sub in ("journal", "events", "audit")):
@@ -36,20 +41,39 @@ def warehouse_root(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _tail(paths: list[Path], dataset: str) -> pa.Table:
-    tables = [typed(read_segment(p, dataset), dataset) for p in paths]
+    """The journal segments ``paths`` as one table. The open segment may be rolled (renamed
+    ``.open`` -> ``.jsonl``) while the others are read: then it is read under its new name.
+    Raises FileNotFoundError for a segment converted to Parquet meanwhile (the caller takes
+    a new snapshot)."""
+    tables = []
+    for path in paths:
+        try:
+            table = read_segment(path, dataset)
+        except FileNotFoundError:
+            if path.suffix != OPEN_SUFFIX:
+                raise
+            table = read_segment(path.with_suffix(CLOSED_SUFFIX), dataset)
+        tables.append(typed(table, dataset))
     return pa.concat_tables(tables) if tables else SCHEMAS[dataset].empty_table()
 
 
 def load(root: Path, dataset: str) -> tuple[list[Path], pa.Table]:
-    """Parquet files to read and the journal tail as a table, consistently (retried if a
-    segment is converted while being read)."""
-    for _ in range(20):
+    """Parquet files to read and the journal tail as a table, consistently: retried, with
+    a growing pause, while segments are converted under the reader (a busy gateway rolls
+    and converts them several times a second), for up to ``SNAPSHOT_PATIENCE`` seconds."""
+    deadline = time.monotonic() + SNAPSHOT_PATIENCE
+    pause = 0.001
+    while True:
         snap = snapshot(root, dataset)
         try:
             return snap.parquet, _tail(snap.journal, dataset)
-        except FileNotFoundError:
-            continue  # converted under our feet: its Parquet is there now
-    raise RuntimeError(f"could not take a stable snapshot of {root / dataset}")
+        except FileNotFoundError:  # converted under our feet: its Parquet is there now
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not take a stable snapshot of {root / dataset} "
+                                   f"in {SNAPSHOT_PATIENCE:g} s: its journal segments kept "
+                                   "being converted while they were read") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 def connect(data_dir: str | os.PathLike | None = None, database: str = ":memory:"):

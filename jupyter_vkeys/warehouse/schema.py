@@ -4,7 +4,7 @@
 The journal stores rows as JSON lines with epoch-second floats; Parquet files
 store the typed columns below plus the ``date`` hive partition (UTC day of
 ``start_time``). Field names follow the OpenTelemetry GenAI semantic
-conventions where one exists (see :mod:`jupyter_vkeys.gateway.call`).
+conventions where one exists (see :mod:`jupyter_vkeys.call`).
 """
 
 from __future__ import annotations

@@ -44,7 +44,34 @@ WRITER_BACKOFF_MAX = 30.0
 WRITER_STABLE_SECONDS = 60.0
 
 
-class WarehouseSink:
+class EventSink:
+    """Where call events go: the interface every sink has, and the default when the
+    warehouse is off (``c.VKeysGateway.warehouse = False``), which keeps the last
+    ``keep`` events in memory (for ``/api/me`` and tests). :class:`WarehouseSink` also
+    journals them."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.keep = keep
+        self.events: list[dict[str, Any]] = []
+
+    def hold(self, request_id: str, started: float, row: Callable[[], dict[str, Any]]) -> None:
+        """Called by the data plane when a call is admitted with a budget hold; ``row``
+        builds the hold's journal row if the sink decides to write it."""
+
+    def audit(self, row: dict[str, Any]) -> None:
+        """Called by the store after each admin action is committed."""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Called by the data plane once per call, before the response ends."""
+        self.events.append(event)
+        if len(self.events) > self.keep * 2:
+            del self.events[:-self.keep]
+
+    def close(self) -> None:
+        """Flush and close; called at gateway shutdown."""
+
+
+class WarehouseSink(EventSink):
     """Journal of one gateway process, plus its Parquet writer child process."""
 
     def __init__(self, root: Path, *, roll_seconds: float = 10.0, segment_bytes: int = 64 << 20,
@@ -59,8 +86,7 @@ class WarehouseSink:
         self.fsync_interval = fsync_interval
         self.hash_notebook_paths = hash_notebook_paths
         self.retention_days = retention_days
-        self.keep = keep_recent
-        self.events: list[dict[str, Any]] = []
+        super().__init__(keep_recent)
         self.open_holds: dict[str, dict[str, Any]] = {}  # journaled, call still in flight
         self.pending_holds: dict[str, tuple[float, Callable[[], dict[str, Any]]]] = {}
         self.journal: Journal | None = None
@@ -126,9 +152,7 @@ class WarehouseSink:
             event["notebook_path"] = hashlib.sha256(
                 event["notebook_path"].encode()).hexdigest()[:16]
         self.journal.append("events", event)
-        self.events.append(event)
-        if len(self.events) > self.keep * 2:
-            del self.events[:-self.keep]
+        super().emit(event)
 
     def audit(self, row: dict[str, Any]) -> None:
         """Journal one admin action (from the store's audit trail)."""

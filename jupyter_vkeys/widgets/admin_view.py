@@ -16,7 +16,7 @@ import ipywidgets as w
 
 from ..kernel.report import usd
 from .admin_controller import AdminController, CreatedKey, LimitsForm, Notice
-from .live import LiveRefresh
+from .live import LiveView
 from .markup import bars_html, notice_html, secret_html, status_badge, table_html, when, wrap
 from .rows import KINDS, PERIODS, Row
 
@@ -31,7 +31,7 @@ def _text(placeholder: str, width: str = "110px", **kw: Any) -> w.Text:
     return w.Text(placeholder=placeholder, layout=w.Layout(width=width), **kw)
 
 
-class AdminPanel(w.VBox):
+class AdminPanel(LiveView, w.VBox):
     """The gateway admin's panel. ``AdminPanel()`` in a notebook uses the notebook's own
     credentials; ``AdminPanel(url=..., token=...)`` any admin API; ``controller=`` a
     ready controller. ``interval`` is the live refresh period in seconds."""
@@ -44,10 +44,9 @@ class AdminPanel(w.VBox):
         self.controller = controller or AdminController(url, token)
         self.selected: str | None = None
         self._row_widgets: dict[str, tuple[w.Button, w.HTML, w.HTML, w.HTML]] = {}
-        self.live = LiveRefresh(self._tick, interval)
+        self._live_setup(self._tick, interval, _wide())
         self._build()
-        self._view_count = 0  # ask the frontend to count views (ipywidgets' own trait)
-        self.observe(self._views_changed, names="_view_count")
+        self._watch_views()
         self.refresh()
 
     # -- layout ------------------------------------------------------------------------
@@ -68,14 +67,11 @@ class AdminPanel(w.VBox):
                                         indent=False, layout=_wide())
         self.show_kernel_keys = w.Checkbox(value=True, description="kernel keys",
                                            indent=False, layout=_wide())
-        self.live_box = w.Checkbox(value=True, description="live", indent=False,
-                                   layout=_wide())
         self.refresh_button = w.Button(description="refresh", icon="refresh",
                                        layout=w.Layout(width="90px"))
         for control in (self.filter, self.kinds, self.sort, self.descending,
                         self.show_inactive, self.show_kernel_keys):
             control.observe(lambda change: self.redraw(), names="value")
-        self.live_box.observe(self._live_changed, names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
         toolbar = w.HBox([self.filter, self.kinds,
                           w.VBox([self.sort, self.descending]),
@@ -172,31 +168,6 @@ class AdminPanel(w.VBox):
             w.HTML("<b>Audit trail of the selected scope</b>"), self.audit])
         self.denied = w.HTML()
         self.children = [w.HBox([self.title, self.status]), self.body]
-
-    # -- display and live refresh -----------------------------------------------------
-    def _views_changed(self, change: dict[str, Any]) -> None:
-        """The frontend counts this widget's views (``_view_count``): refresh live while
-        at least one is on screen, stop when the last one is gone (output cleared,
-        notebook closed)."""
-        if (change["new"] or 0) > 0:
-            if self.live_box.value:
-                self.live.start()
-        else:
-            self.live.stop()
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        """Rendered by a frontend: start the live refresh (if ticked)."""
-        if self.live_box.value:
-            self.live.start()
-        return super()._repr_mimebundle_(**kwargs)
-
-    def _live_changed(self, change: dict[str, Any]) -> None:
-        (self.live.start if change["new"] else self.live.stop)()
-
-    def close(self) -> None:
-        """Stop the live refresh and close every widget of the panel."""
-        self.live.stop()
-        super().close()
 
     def _tick(self) -> None:
         self.refresh()

@@ -10,7 +10,7 @@ from typing import Any
 import ipywidgets as w
 
 from ..kernel.report import resets, usd
-from .live import LiveRefresh
+from .live import LiveView
 from .markup import bar_html, notice_html, table_html, when, wrap
 from .usage_controller import UsageController, by_cell, by_day, by_notebook
 
@@ -20,7 +20,7 @@ def _auto() -> w.Layout:
     return w.Layout(width="auto")
 
 
-class MyUsage(w.VBox):
+class MyUsage(LiveView, w.VBox):
     """What the notebook's user has spent and may still spend. ``MyUsage()`` uses the
     kernel's own key; ``MyUsage(url=..., key=...)`` another; ``controller=`` a ready
     one. ``interval``: live refresh period in seconds while displayed."""
@@ -32,16 +32,12 @@ class MyUsage(w.VBox):
         self.add_class("vkeys-usage")
         self.controller = controller or UsageController(url, key)
         self.with_chart = chart
-        self.live = LiveRefresh(self.refresh, interval)
+        self._live_setup(self.refresh, interval, w.Layout(width="auto"))
         self.title = w.HTML("<b style='font-size:15px'>My jupyter-vkeys usage</b>")
         self.status = w.HTML()
         self.refresh_button = w.Button(description="refresh", icon="refresh",
                                        layout=w.Layout(width="90px"))
         self.refresh_button.on_click(lambda _: self.refresh())
-        self.live_box = w.Checkbox(value=True, description="live", indent=False,
-                                   layout=w.Layout(width="auto"))
-        self.live_box.observe(lambda c: (self.live.start if c["new"] else self.live.stop)(),
-                              names="value")
         self.summary = w.HTML(layout=_auto())
         self.windows = w.HTML(layout=_auto())
         self.key_table = w.HTML(layout=_auto())
@@ -60,28 +56,8 @@ class MyUsage(w.VBox):
                            layout=w.Layout(margin="0 24px 0 0")), self.chart],
                    layout=w.Layout(flex_flow="row wrap")),
             w.HTML("<b>Recent calls</b>"), self.recent]
-        self._view_count = 0  # ask the frontend to count views (ipywidgets' own trait)
-        self.observe(self._views_changed, names="_view_count")
+        self._watch_views()
         self.refresh()
-
-    def _views_changed(self, change: dict[str, Any]) -> None:
-        """The frontend counts this widget's views (``_view_count``): refresh live while
-        at least one is on screen, stop when the last one is gone (output cleared,
-        notebook closed)."""
-        if (change["new"] or 0) > 0:
-            if self.live_box.value:
-                self.live.start()
-        else:
-            self.live.stop()
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        if self.live_box.value:
-            self.live.start()
-        return super()._repr_mimebundle_(**kwargs)
-
-    def close(self) -> None:
-        self.live.stop()
-        super().close()
 
     def refresh(self) -> None:
         """Ask the gateway again and redraw."""

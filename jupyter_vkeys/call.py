@@ -21,10 +21,10 @@ from typing import Any
 
 import orjson
 
-from ..keys import KeyRecord
-from ..pricing import Cost
-from ..usage import TOKEN_LIMIT, Usage
-from ..warehouse.version import SCHEMA_VERSION
+from .keys import KeyRecord
+from .pricing import Cost
+from .usage import TOKEN_LIMIT, Usage
+from .warehouse.version import SCHEMA_VERSION
 
 INT64_MAX = 2**63 - 1
 

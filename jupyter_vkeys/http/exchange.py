@@ -1,15 +1,15 @@
 """What one data-plane call needs from the HTTP server in front of it.
 
-The call path (:mod:`.proxy`) is written against :class:`Exchange`, not against
-a web framework, so two servers can carry it:
+The call path (:mod:`jupyter_vkeys.gateway.proxy`) is written against
+:class:`Exchange`, not against a web framework, so two servers can carry it:
 
-- the tornado handlers of :mod:`.dataplane` (inside a Jupyter server, where
-  tornado owns the socket), through :class:`~.dataplane.TornadoExchange`;
-- the standalone server's own HTTP/1.1 front (:mod:`.lean_server`), which
+- the tornado handlers of :mod:`jupyter_vkeys.gateway.dataplane` (inside a Jupyter
+  server, where tornado owns the socket), through ``TornadoExchange``;
+- the lean HTTP/1.1 server (:mod:`.server`, :class:`~.server.ServerExchange`), which
   answers data-plane calls without tornado's per-request machinery.
 
 Each implementation is created by its server for one request and handed to
-:meth:`.proxy.ProxyCall.run`.
+``ProxyCall.run``.
 """
 
 from __future__ import annotations

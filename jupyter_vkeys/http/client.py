@@ -8,8 +8,8 @@ needs: keep-alive connections pooled per upstream (plain, TLS, or tunnelled
 through an HTTP proxy with ``CONNECT``), one ``write`` per request, response
 parsing in C by ``httptools`` (llhttp, as in uvicorn), the body handed over
 chunk by chunk as it arrives, a connect timeout and a read (silence) timeout.
-It implements the same :class:`~.transport.Transport` seam as
-:class:`~.transport.HttpTransport`; ``tests/test_upstream_conformance.py`` runs every
+It implements the same :class:`~.upstream.Transport` seam as
+:class:`~.aiohttp_client.HttpTransport`; ``tests/test_upstream_conformance.py`` runs every
 case against both (this client passes all of them; aiohttp fails "bytes arriving while
 idle discard the connection").
 
@@ -44,7 +44,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from .transport import (ProxySettings, UpstreamError, UpstreamRequest, decoded_chunks,
+from .upstream import (ProxySettings, UpstreamError, UpstreamRequest, decoded_chunks,
                         tls_error)
 
 _IDLE_PER_HOST = 256

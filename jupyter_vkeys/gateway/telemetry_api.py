@@ -1,6 +1,6 @@
 """The tornado handlers of ``GET {prefix}/metrics`` and ``GET {prefix}/api/ready``.
 
-:func:`telemetry_handlers` is called by :func:`..gateway.app.gateway_handlers`
+:func:`telemetry_handlers` is called by :func:`.app.gateway_handlers`
 (both hosts; never the kernels' loopback front, which mounts only
 ``key_handlers``). On the standalone server ``/metrics`` is public; inside
 Jupyter it takes the admin API's authentication (``auth_base`` and
@@ -10,15 +10,14 @@ is public everywhere, like ``/api/health``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import orjson
 import tornado.web
 
-from .metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from ..gateway.core import VKeysGateway
+from ..telemetry.metrics import CONTENT_TYPE
+from .admin import AdminError
+from .core import VKeysGateway
 
 __all__ = ["telemetry_handlers", "ReadyHandler"]
 
@@ -32,10 +31,10 @@ def _public(method: Callable) -> Callable:
 class _MetricsMixin:
     """``GET /metrics``: the Prometheus text format of the gateway's registry."""
 
-    gateway: "VKeysGateway"
+    gateway: VKeysGateway
     needs_admin = False
 
-    def initialize(self, gateway: "VKeysGateway") -> None:
+    def initialize(self, gateway: VKeysGateway) -> None:
         self.gateway = gateway
 
     def check_xsrf_cookie(self) -> None:
@@ -57,8 +56,6 @@ class _MetricsMixin:
 
     def get(self) -> None:
         if self.needs_admin:
-            from ..gateway.admin import AdminError
-
             try:
                 self.admin_actor()
             except AdminError as exc:
@@ -82,7 +79,7 @@ class _MetricsMixin:
 class ReadyHandler(tornado.web.RequestHandler):
     """``GET /api/ready``: 200 while ready, else 503 naming each failing part."""
 
-    def initialize(self, gateway: "VKeysGateway") -> None:
+    def initialize(self, gateway: VKeysGateway) -> None:
         self.gateway = gateway
 
     def check_xsrf_cookie(self) -> None:
@@ -104,7 +101,7 @@ class ReadyHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps({"status": "ready"}))
 
 
-def telemetry_handlers(prefix: str, gateway: "VKeysGateway", auth_base: type | None = None,
+def telemetry_handlers(prefix: str, gateway: VKeysGateway, auth_base: type | None = None,
                        decorate: Callable[[Callable], Callable] | None = None) -> list[tuple]:
     """The two routes under ``prefix``. ``auth_base``/``decorate`` are the admin API's
     (given by the Jupyter host; the standalone server passes neither)."""

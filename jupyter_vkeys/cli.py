@@ -151,6 +151,10 @@ def cmd_hub_service(args: argparse.Namespace) -> int:
         config.VKeysGateway.data_dir = args.data_dir
     if args.fake:
         config.VKeysGateway.fake_mode = "always"
+    if args.state_url:
+        config.VKeysGateway.state_url = args.state_url
+    if args.registry_url:
+        config.VKeysGateway.registry_url = args.registry_url
     serving_defaults(config, args.log_level)
     install_uvloop(args.no_uvloop)
     return asyncio.run(run_service(config, host=args.host, port=args.port, user=args.user))
@@ -526,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "becomes theirs, mode 0700")
     hub.add_argument("--fake", action="store_true", help="answer every model from the "
                                                          "offline fake provider")
+    hub.add_argument("--state-url", help="replicas of the service: budgets and limits "
+                     "shared through this Redis/Valkey (c.VKeysGateway.state_url)")
+    hub.add_argument("--registry-url", help="replicas of the service: keys, policies and "
+                     "audit on this PostgreSQL (c.VKeysGateway.registry_url)")
     hub.add_argument("--no-uvloop", action="store_true", help="use asyncio's default loop")
     hub.add_argument("--log-level", default="INFO",
                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -59,6 +59,13 @@ class KeyNotFound(InvalidKeyRequest):
     """An admin request names a key id that does not exist (the admin API answers 404)."""
 
 
+class KeyConflict(InvalidKeyRequest):
+    """The shared registry refused a key because another replica's committed key conflicts
+    with it (a second unrevoked personal key of one Hub user: the PostgreSQL registry's
+    ``vkeys_keys_one_hub_personal`` index). Raised by ``PgStore.save_key``; the Hub
+    issuer reads the winner back (:meth:`KeyRegistry.reload_owner`) and uses it."""
+
+
 def _short(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters, for messages about huge inputs."""
     text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
@@ -243,9 +250,20 @@ class KeyRegistry:
         if before.revoked_at is not None:
             return before
         after = before.evolve(revoked_at=self.clock())
-        self.store.save_key(before, after, actor=actor, action="key.revoke")
+        # A shared store answers with the record that holds when another replica revoked
+        # the key first (nothing written, nothing audited twice); a local one with None.
+        after = self.store.save_key(before, after, actor=actor, action="key.revoke") or after
         self._swap(after)
         return after
+
+    def reload_owner(self, owner: str) -> list[KeyRecord]:
+        """Read ``owner``'s keys back from the store into memory and return them; called
+        by the Hub issuer when the shared registry refused a key another replica had
+        just committed (its change notification may not have arrived yet)."""
+        records = self.store.load_keys(owner=owner)
+        for record in records:
+            self.records[record.id] = record
+        return records
 
     def rotate(self, key_id: str, *, actor: str, grace_seconds: float = 0) -> tuple[KeyRecord, str]:
         """Give a key a new secret; the old one stays valid ``grace_seconds`` longer."""

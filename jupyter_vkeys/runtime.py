@@ -477,4 +477,28 @@ class ControlPlane:
         report = engine.report(scope, policy)
         if not existed:
             engine.states.pop(scope, None)
+        if getattr(self.gateway, "shared", None) is not None and policy.budgets:
+            self._shared_budgets(report, scope, policy)
         return report
+
+    def _shared_budgets(self, report: dict[str, Any], scope: str, policy) -> None:
+        """With a shared ledger (``state_url``), replace the spend and holds of
+        ``report``'s budgets (the local engine's: this replica's share) with the shared
+        figures every replica reads alike; ``report["figures"]`` says which they are.
+        Requests, tokens and calls in flight stay this replica's own counts."""
+        from .money import pico_to_usd
+        from .state import StateUnavailable
+
+        try:
+            figures = self.gateway.shared.read_budgets(
+                scope, [budget.period for budget in policy.budgets], self.gateway.clock())
+        except StateUnavailable as exc:
+            report["figures"] = "replica"
+            report["figures_note"] = exc.message
+            return
+        for entry, budget, (spent, held) in zip(report["budgets"], policy.budgets, figures):
+            entry["spent_usd"] = pico_to_usd(spent)
+            entry["held_usd"] = pico_to_usd(held)
+            entry["remaining_usd"] = pico_to_usd(max(budget.pico - spent - held, 0))
+            entry["warned"] = budget.soft is not None and spent >= budget.soft * budget.pico
+        report["figures"] = "shared"

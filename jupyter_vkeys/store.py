@@ -116,9 +116,11 @@ class Store:
         self.db.close()
 
     # -- keys ------------------------------------------------------------------------
-    def load_keys(self) -> list[KeyRecord]:
-        """Every key record, for the in-memory registry at start-up."""
-        rows = self.db.execute(f"SELECT {', '.join(KEY_COLUMNS)} FROM keys").fetchall()
+    def load_keys(self, owner: str | None = None) -> list[KeyRecord]:
+        """Every key record (for the in-memory registry at start-up), or ``owner``'s."""
+        query = f"SELECT {', '.join(KEY_COLUMNS)} FROM keys"
+        rows = (self.db.execute(query + " WHERE owner = ?", (owner,)) if owner is not None
+                else self.db.execute(query)).fetchall()
         return [key_record(row) for row in rows]
 
     def save_key(self, before: KeyRecord | None, after: KeyRecord, *, actor: str,

@@ -74,22 +74,28 @@ class RedisServer:
 
 
 class Replica:
-    """``jupyter vkeys serve --fake --state-url ...`` on its own data directory."""
+    """``jupyter vkeys serve --fake --state-url ...`` on its own data directory; with
+    ``command="hub-service"`` (and ``port``) the Hub service, whose JUPYTERHUB_* variables
+    come in ``env`` (an external service of a real Hub: ``tests/hub/hubs.py``)."""
 
     def __init__(self, data_dir: Path, state_url: str, config: Path | None = None,
                  extra: list[str] | None = None, env: dict[str, str] | None = None,
-                 registry_url: str = "") -> None:
+                 registry_url: str = "", command: str = "serve", port: int = 0) -> None:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "jupyter_vkeys.cli", "serve", "--port", "0",
-                "--fake", "--data-dir", str(data_dir), "--state-url", state_url,
-                "--log-level", "WARNING"]
+        args = [sys.executable, "-m", "jupyter_vkeys.cli", command, "--port", str(port),
+                "--data-dir", str(data_dir), "--log-level", "WARNING"]
+        if command == "serve":
+            args.append("--fake")
+        if state_url:
+            args += ["--state-url", state_url]
         if registry_url:
             args += ["--registry-url", registry_url]
         if config is not None:
             args += ["--config", str(config)]
         args += extra or []
-        self.log = open(data_dir.parent / f"{data_dir.name}.log", "w+")
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log,
                                      env={**os.environ, **(env or {})}, text=True)
         line = self.proc.stdout.readline()
@@ -97,7 +103,8 @@ class Replica:
             self.proc.wait(5)
             self.log.seek(0)
             raise RuntimeError(f"replica did not start: {line!r} {self.log.read()[-2000:]}")
-        self.url = line.split("listening on", 1)[1].strip()
+        # "... listening on <url>" (serve) or "... listening on <url> (kernels call ...)"
+        self.url = line.split("listening on", 1)[1].split()[0]
 
     @property
     def openai_base(self) -> str:
@@ -116,6 +123,66 @@ class Replica:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(5)
+
+
+HAPROXY = shutil.which("haproxy") or next(
+    (p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
+
+
+class HAProxy:
+    """Debian's ``haproxy`` in front of ``backends`` (``(host, port)``): HTTP, round robin,
+    no stickiness, on a free port, with its own config file in ``directory`` (the
+    README's example). ``health`` is a path each backend must answer 200 on to get
+    traffic (checked every 500 ms); :attr:`url` is the one URL clients use."""
+
+    def __init__(self, directory: Path, backends: list[tuple[str, int]], *,
+                 port: int | None = None, health: str = "") -> None:
+        if HAPROXY is None:
+            pytest.skip("haproxy is not installed (Debian: apt-get install haproxy; "
+                        ".ci/run installs it)")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        check = " check inter 500ms fall 2 rise 1" if health else ""
+        servers = "\n".join(f"    server replica{n} {host}:{bport}{check}"
+                             for n, (host, bport) in enumerate(backends, 1))
+        self.config = directory / "haproxy.cfg"
+        self.config.write_text(
+            "global\n    maxconn 1024\n\n"
+            "defaults\n    mode http\n    timeout connect 5s\n    timeout client 300s\n"
+            "    timeout server 300s\n    option forwardfor\n\n"
+            f"frontend vkeys\n    bind 127.0.0.1:{self.port}\n    default_backend replicas\n\n"
+            "backend replicas\n    balance roundrobin\n"
+            + (f"    option httpchk GET {health}\n" if health else "") + servers + "\n")
+        self.log = open(directory / "haproxy.log", "w+")
+        self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"haproxy exited: {self.log.read()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("haproxy did not start listening")
+
+    def log_text(self) -> str:
+        """What haproxy printed (its warnings, a backend going down), for a failure."""
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
 
 
 PG_CTL = shutil.which("pg_ctl") or next(iter(sorted(Path("/usr/lib/postgresql").glob(

@@ -131,6 +131,12 @@ SCHEMAS: dict[str, Any] = {
             "budgets": {"type": "array", "items": _ref("BudgetReport")},
             "requests_last_minute": {"type": "integer"},
             "tokens_last_minute": {"type": "integer"}, "in_flight": {"type": "integer"},
+            "figures": {"type": "string", "enum": ["shared", "replica"], "description": (
+                "Only with a shared ledger (state_url): shared when the budgets' spend and "
+                "holds were read from it (the same on every replica), replica when it did "
+                "not answer and they are this replica's own share (figures_note says why). "
+                "Requests, tokens and in_flight are this replica's own counts.")},
+            "figures_note": {"type": "string"},
             "visibility": {"type": "string", "enum": ["full", "limits"], "description": (
                 "On /me only: full for the caller's key, its parent and its user; limits "
                 "(no spend) for its team and project.")}}},

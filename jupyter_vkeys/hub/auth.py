@@ -12,10 +12,13 @@ for ``cache_max_age`` seconds), so a Hub round trip never blocks the data plane'
 
 from __future__ import annotations
 
+import json
+import secrets
 from typing import Any
 
 import tornado.web
 from jupyterhub.services.auth import HubOAuth, HubOAuthenticated
+from traitlets import Unicode
 
 from ..gateway.admin import AdminError
 from ..gateway.admin_reach import AdminReach
@@ -107,3 +110,67 @@ class HubAuthBase(HubOAuthenticated, tornado.web.RequestHandler):
             return super().get_login_url()
         raise tornado.web.HTTPError(403, "not authenticated: send a JupyterHub API token "
                                          "(Authorization: token <token>)")
+
+
+class SharedStateHubOAuth(HubOAuth):
+    """``HubOAuth`` whose login states live in the replicas' shared Redis.
+
+    JupyterHub keeps each OAuth login's state (the page to return to, the PKCE code
+    verifier) in the memory of the process that sent the browser to the Hub, so a
+    callback that a load balancer hands to another replica fails ("Code verifier
+    required"). With ``c.VKeysGateway.state_url`` set, :func:`.service.run_service`
+    uses this class instead: the state is stored under ``<prefix>oauth:<state id>`` for
+    ``oauth_state_max_age`` seconds, read by whichever replica gets the callback, and
+    deleted when the login completes. The browser's cookies are signed with the shared
+    cookie secret, so the same cookie is good on every replica. Called by HubOAuth's
+    own login handlers only (a login, not a data-plane call): synchronous round trips.
+    """
+
+    redis_url = Unicode("", help="The shared Redis (the gateway's state_url).")
+    state_prefix = Unicode("{vkeys}:", help="Key prefix (the gateway's state_prefix).")
+
+    def _redis(self) -> Any:
+        client = getattr(self, "_shared_redis", None)
+        if client is None:
+            import redis
+
+            client = self._shared_redis = redis.Redis.from_url(
+                self.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        return client
+
+    def _key(self, state_id: str) -> str:
+        return f"{self.state_prefix}oauth:{state_id}"
+
+    def _shared(self, action: Any) -> Any:
+        """Run ``action(client)``; Redis trouble becomes a 503 that says what to do."""
+        from redis.exceptions import RedisError
+
+        try:
+            return action(self._redis())
+        except (RedisError, OSError) as exc:
+            raise tornado.web.HTTPError(
+                503, f"the service's shared state (Redis) did not answer "
+                     f"({type(exc).__name__}); the Hub login cannot complete now, retry "
+                     "shortly") from None
+
+    def generate_state(self, next_url: str | None = None, **extra_state: Any) -> str:
+        """A new login state, stored where every replica finds it; returns its id."""
+        state_id = secrets.token_urlsafe(16)
+        value = json.dumps({"next_url": next_url, **extra_state})
+        self._shared(lambda r: r.set(self._key(state_id), value,
+                                     ex=max(int(self.oauth_state_max_age), 1)))
+        return state_id
+
+    def _decode_state(self, state_id: str, /) -> dict[str, Any]:
+        """The stored state of ``state_id`` (``{}`` when unknown or expired)."""
+        if not state_id:
+            return {}
+        raw = self._shared(lambda r: r.get(self._key(state_id)))
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+
+    def clear_oauth_state(self, state_id: str) -> None:
+        """Forget a completed login's state (on every replica)."""
+        self._shared(lambda r: r.delete(self._key(state_id)))

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from ..gateway.core import VKeysGateway
 from ..keys import KeyRecord
-from ..registry import InvalidKeyRequest
+from ..registry import InvalidKeyRequest, KeyConflict
 from .scopes import HubCaller
 
 log = logging.getLogger("jupyter_vkeys.hub")
@@ -57,23 +57,41 @@ class KernelKeyIssuer:
 
     def personal_key(self, caller: HubCaller) -> KeyRecord:
         """The user's personal key: the active one, else (so a revocation holds) the
-        newest revoked or expired one, else a new one with the configured caps."""
-        now = self.gateway.clock()
-        found = [r for r in self.gateway.registry.records.values()
-                 if r.metadata.get("kind") == "user" and r.owner == caller.name]
-        for record in found:
-            if record.state(now) == "active":
-                return record
+        newest revoked or expired one, else a new one with the configured caps.
+
+        With several service replicas on one PostgreSQL registry, two kernels of a new
+        user started at once on two replicas both find no key here; the registry's
+        unique index refuses the second one (:class:`KeyConflict`), and that replica
+        reads the first back from the registry and uses it: one personal key per user."""
+        found = self._personal_keys(caller.name)
         if found:
-            return max(found, key=lambda r: r.created_at)
+            return found[0]
         team = self.team_of(caller.groups)
-        record, _ = self.gateway.registry.create(
-            {"owner": caller.name, "team": team, "alias": f"{caller.name} (personal)",
-             "metadata": {"kind": "user", "hub": True},
-             **self.personal_policy(caller.name, team)}, actor=ACTOR)
+        try:
+            record, _ = self.gateway.registry.create(
+                {"owner": caller.name, "team": team, "alias": f"{caller.name} (personal)",
+                 "metadata": {"kind": "user", "hub": True},
+                 **self.personal_policy(caller.name, team)}, actor=ACTOR)
+        except KeyConflict:
+            self.gateway.registry.reload_owner(caller.name)
+            found = self._personal_keys(caller.name)
+            if not found:
+                raise
+            log.info("hub user %s's personal key %s was created by another replica; using "
+                     "it", caller.name, found[0].id)
+            return found[0]
         log.info("created personal key %s for hub user %s (team %r)", record.id, caller.name,
                  team)
         return record
+
+    def _personal_keys(self, user: str) -> list[KeyRecord]:
+        """``user``'s personal keys in memory, the one to use first: the active one, else
+        the newest revoked or expired one."""
+        now = self.gateway.clock()
+        found = [r for r in self.gateway.registry.records.values()
+                 if r.metadata.get("kind") == "user" and r.owner == user]
+        return sorted(found, key=lambda r: (r.state(now) == "active", r.created_at),
+                      reverse=True)
 
     # -- kernels -----------------------------------------------------------------------
     def kernel_key(self, caller: HubCaller, body: Mapping[str, Any]) -> dict[str, Any]:

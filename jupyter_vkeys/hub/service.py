@@ -26,6 +26,7 @@ import os
 import pwd
 import secrets
 import signal
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -101,16 +102,31 @@ def drop_privileges(user: str, data_dir: Path) -> None:
 
 
 def _cookie_secret(path: Path) -> bytes:
-    """The cookie secret in ``path``, created (0600) on first use."""
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError):
-        secret = secrets.token_bytes(32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(secret.hex())
-        return secret
+    """The cookie secret in ``path``, created (0600) on first use; called once by
+    :func:`run_service`. Replicas sharing one file (``cookie_secret_file`` on shared
+    storage) may start together: the file is created exclusively, and a replica that
+    loses that race reads the winner's secret, so all of them sign cookies alike."""
+    for _ in range(50):
+        try:
+            text = path.read_text().strip()
+            if text:
+                return bytes.fromhex(text)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue  # another replica is writing it: read it
+            secret = secrets.token_bytes(32)
+            with os.fdopen(fd, "w") as file:
+                file.write(secret.hex())
+            return secret
+        except ValueError:
+            raise SystemExit(f"jupyter-vkeys: the cookie secret file {path} does not hold "
+                             "hex digits; remove it (a new secret is made) or write 64 hex "
+                             "digits into it, the same for every replica") from None
+        time.sleep(0.1)  # created but not written yet
+    raise SystemExit(f"jupyter-vkeys: the cookie secret file {path} stayed empty; remove it")
 
 
 async def run_service(config: Config, *, host: str | None, port: int | None,
@@ -122,7 +138,7 @@ async def run_service(config: Config, *, host: str | None, port: int | None,
     from ..gateway.core import VKeysGateway
     from ..gateway.lean_server import LeanServer, listening_socket
     from ..runtime import DataDirBusy
-    from .auth import HubAuthBase
+    from .auth import HubAuthBase, SharedStateHubOAuth
     from .handlers import hub_handlers
     from .issuer import KernelKeyIssuer
     from .reaper import Reaper
@@ -157,8 +173,13 @@ async def run_service(config: Config, *, host: str | None, port: int | None,
                              default_policy=options.default_policy,
                              user_policies=options.user_policies,
                              group_policies=options.group_policies)
-    hub_auth = HubOAuth(api_token=env["JUPYTERHUB_API_TOKEN"],
-                        api_url=env["JUPYTERHUB_API_URL"], cache_max_age=60)
+    hub_auth_options = {"api_token": env["JUPYTERHUB_API_TOKEN"],
+                        "api_url": env["JUPYTERHUB_API_URL"], "cache_max_age": 60}
+    if gateway.state_url:  # replicas: a login may complete on another replica
+        hub_auth = SharedStateHubOAuth(redis_url=gateway.state_url,
+                                       state_prefix=gateway.state_prefix, **hub_auth_options)
+    else:
+        hub_auth = HubOAuth(**hub_auth_options)
     secret_file = Path(options.cookie_secret_file or Path(gateway.data_dir) /
                        "hub_cookie_secret")
     routes = hub_handlers(prefix, gateway, issuer) + gateway_handlers(

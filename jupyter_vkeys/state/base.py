@@ -61,5 +61,11 @@ class SharedLedger(Protocol):
         when the call ends. Never blocks and never raises: delivery is retried until it
         lands, and a repeat of it changes nothing."""
 
+    def read_budgets(self, scope: str, periods: list[str], now: float
+                     ) -> list[tuple[int, int]]:
+        """``(spent, held)`` pico-USD of ``scope``'s current window of each of ``periods``,
+        over every replica; called (synchronously) by the admin API's reports. Raises
+        :class:`StateUnavailable` when the backend does not answer."""
+
     async def close(self) -> None:
         """Deliver pending settlements (bounded wait), stop, disconnect; at shutdown."""

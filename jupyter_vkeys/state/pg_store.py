@@ -75,6 +75,17 @@ CREATE TABLE IF NOT EXISTS vkeys_audit (
 );
 """
 
+# One unrevoked personal key per Hub user (the hub service's issuer mints it at the user's
+# first kernel): two replicas starting two kernels of a new user at once would otherwise
+# each mint one. The second INSERT is refused (KeyConflict) and its replica reads the
+# first back. Created apart from SCHEMA so that a registry already holding duplicates
+# (made before this index) still starts, with an error naming them.
+PERSONAL_INDEX = """
+CREATE UNIQUE INDEX IF NOT EXISTS vkeys_keys_one_hub_personal ON vkeys_keys (owner)
+    WHERE revoked_at IS NULL AND (metadata::jsonb ->> 'kind') = 'user'
+    AND (metadata::jsonb ->> 'hub') = 'true'
+"""
+
 _SELECT_KEYS = f"SELECT {', '.join(KEY_COLUMNS)} FROM vkeys_keys"
 
 
@@ -94,11 +105,32 @@ class PgStore:
             # replicas starting together must not race each other's CREATE TABLE
             self.db.execute("SELECT pg_advisory_xact_lock(7244031)")
             self.db.execute(SCHEMA)
+        self._personal_index()
         self.on_audit: Callable[[dict[str, Any]], None] | None = None
         # Set by RegistrySync: this replica's name (its own changes need no ack).
         self.replica = ""
         self.ack_timeout = 1.0
         self.ack_waits: collections.deque[float] = collections.deque(maxlen=1000)
+        # Set by RegistrySync: installs others' changes while this replica waits for acks.
+        self.on_wait: Callable[[], None] | None = None
+
+    def _personal_index(self) -> None:
+        """Create :data:`PERSONAL_INDEX`, or log which users already hold two unrevoked
+        personal keys (revoke one; the index is made at the next start)."""
+        import psycopg
+
+        try:
+            with self.db.transaction():
+                self.db.execute("SELECT pg_advisory_xact_lock(7244031)")
+                self.db.execute(PERSONAL_INDEX)
+        except psycopg.errors.UniqueViolation:
+            owners = [owner for (owner,) in self.db.execute(
+                "SELECT owner FROM vkeys_keys WHERE revoked_at IS NULL AND "
+                "(metadata::jsonb ->> 'kind') = 'user' AND (metadata::jsonb ->> 'hub') = "
+                "'true' GROUP BY owner HAVING count(*) > 1")]
+            log.error("jupyter-vkeys: Hub users %s hold more than one active personal key; "
+                      "revoke the extra ones (until then two replicas may mint a third)",
+                      ", ".join(owners[:20]))
 
     @property
     def db(self):
@@ -129,9 +161,12 @@ class PgStore:
                              "every replica")
 
     # -- keys ------------------------------------------------------------------------
-    def load_keys(self) -> list[KeyRecord]:
-        """Every key record, for the in-memory registry at start-up."""
-        return [key_record(row) for row in self.db.execute(_SELECT_KEYS).fetchall()]
+    def load_keys(self, owner: str | None = None) -> list[KeyRecord]:
+        """Every key record (for the in-memory registry at start-up), or ``owner``'s (what
+        :meth:`KeyRegistry.reload_owner` reads after a :class:`KeyConflict`)."""
+        rows = (self.db.execute(_SELECT_KEYS + " WHERE owner = %s", (owner,))
+                if owner is not None else self.db.execute(_SELECT_KEYS)).fetchall()
+        return [key_record(row) for row in rows]
 
     def load_key(self, key_id: str) -> KeyRecord | None:
         """One key record (after a change notification), or None."""
@@ -139,19 +174,39 @@ class PgStore:
         return key_record(row) if row else None
 
     def save_key(self, before: KeyRecord | None, after: KeyRecord, *, actor: str,
-                 action: str) -> None:
-        """Insert or replace ``after``, audit the change and notify, atomically."""
+                 action: str) -> KeyRecord | None:
+        """Insert or replace ``after``, audit the change and notify, atomically.
+
+        A revocation (``action == "key.revoke"``) of a key another replica revoked first
+        writes nothing and answers the stored record (two replicas' reapers revoking the
+        same key audit it once). Another replica's unrevoked personal key of the same Hub
+        user raises :class:`~jupyter_vkeys.registry.KeyConflict`. Otherwise None."""
+        import psycopg
+
+        from ..registry import KeyConflict
+
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in KEY_COLUMNS[1:])
         db = self.db
-        with db.transaction():
-            db.execute(f"INSERT INTO vkeys_keys ({', '.join(KEY_COLUMNS)}) VALUES "
-                            f"({', '.join(['%s'] * len(KEY_COLUMNS))}) ON CONFLICT (id) DO "
-                            f"UPDATE SET {updates}", key_row(after))
-            pending = self._audit(actor, action, f"key:{after.id}", public_view(before),
-                                  public_view(after))
-            self._notify(f"key:{after.id}", pending["seq"])
+        try:
+            with db.transaction():
+                if action == "key.revoke":
+                    row = db.execute(_SELECT_KEYS + " WHERE id = %s FOR UPDATE",
+                                     (after.id,)).fetchone()
+                    if row is not None and row[KEY_COLUMNS.index("revoked_at")] is not None:
+                        return key_record(row)
+                db.execute(f"INSERT INTO vkeys_keys ({', '.join(KEY_COLUMNS)}) VALUES "
+                           f"({', '.join(['%s'] * len(KEY_COLUMNS))}) ON CONFLICT (id) DO "
+                           f"UPDATE SET {updates}", key_row(after))
+                pending = self._audit(actor, action, f"key:{after.id}", public_view(before),
+                                      public_view(after))
+                self._notify(f"key:{after.id}", pending["seq"])
+        except psycopg.errors.UniqueViolation:
+            raise KeyConflict(
+                f"{after.owner!r} already has an active personal key, created by another "
+                "replica a moment ago; a Hub user has one personal key") from None
         self._audited(pending)
         self._await_replicas(pending["seq"])
+        return None
 
     # -- policies --------------------------------------------------------------------
     def load_policies(self) -> dict[str, dict[str, Any]]:
@@ -254,6 +309,11 @@ class PgStore:
                 log.warning("jupyter-vkeys: registry change %d not acknowledged within %.1f s "
                             "by replicas %s", seq, self.ack_timeout, ", ".join(behind))
                 return
+            if self.on_wait is not None:  # they may be waiting for this replica's ack
+                try:
+                    self.on_wait()
+                except Exception:
+                    log.exception("jupyter-vkeys: catching up with the registry failed")
             time.sleep(pause)
             pause = min(pause * 2, 0.01)
 

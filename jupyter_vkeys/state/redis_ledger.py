@@ -123,6 +123,8 @@ class RedisLedger:
         self._settle = self.redis.register_script(scripts.SETTLE)
         self._reap = self.redis.register_script(scripts.REAP)
         self._read = self.redis.register_script(scripts.READ)
+        self._timeout = timeout
+        self._reader: Any = None  # a synchronous client for reports (read_budgets)
         self.epoch: str | None = None
         self._plans: dict[str, tuple[Any, int, float, _Plan]] = {}
         self._pending: list[str] = []
@@ -176,6 +178,8 @@ class RedisLedger:
                       len(self._pending) // 4, self.where)
         try:
             await self.redis.aclose()
+            if self._reader is not None:
+                self._reader.close()
         except Exception:  # already gone
             pass
 
@@ -393,6 +397,33 @@ class RedisLedger:
         key = f"{self.prefix}b:{scope}:{period}:{int(start)}"
         su, sp, hu, hp = (int(v) for v in await self._call(self._read, [self.prefix, key]))
         return su * E12 + sp, hu * E12 + hp
+
+    def read_budgets(self, scope: str, periods: list[str], now: float
+                     ) -> list[tuple[int, int]]:
+        """``(spent, held)`` in pico-USD of ``scope``'s current window of each period,
+        summed over every replica: one round trip. Called by the admin API's reports
+        (:meth:`ControlPlane._report <jupyter_vkeys.runtime.ControlPlane._report>`: the
+        ``/api`` key and policy reports, ``/api/me``, the Hub service's ``/api/hub/me``
+        and home page, the widgets' data), which are synchronous like the registry's
+        PostgreSQL calls; the round trip is bounded by ``timeout``. Raises
+        :class:`StateUnavailable` when Redis does not answer."""
+        import redis
+        from redis.exceptions import RedisError
+
+        if self._reader is None:
+            self._reader = redis.Redis.from_url(self.url, socket_timeout=self._timeout,
+                                                socket_connect_timeout=self._timeout)
+            self._read_sync = self._reader.register_script(scripts.READ)
+        keys = [f"{self.prefix}b:{scope}:{period}:{int(window(period, now, self.tz)[0])}"
+                for period in periods]
+        try:
+            raw = [int(v) for v in self._read_sync(args=[self.prefix, *keys])]
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(
+                f"the shared ledger (Redis at {self.where}) did not answer "
+                f"({type(exc).__name__}); these figures are this replica's own share") from None
+        return [(raw[i] * E12 + raw[i + 1], raw[i + 2] * E12 + raw[i + 3])
+                for i in range(0, len(raw), 4)]
 
     async def lost_figures(self) -> tuple[int, int]:
         """``(calls, pico-USD)`` charged at their hold because their replica died."""

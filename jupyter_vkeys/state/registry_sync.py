@@ -49,6 +49,8 @@ class RegistrySync:
         self.parse_policy = parse_policy
         self.connected = False
         self.applied = 0
+        self.applied_seq = 0  # the newest audit seq installed here (catch_up reads past it)
+        store.on_wait = self.catch_up
         self.lag: collections.deque[float] = collections.deque(maxlen=1000)
         self._task: asyncio.Task | None = None
         self._beat: asyncio.Task | None = None
@@ -110,6 +112,7 @@ class RegistrySync:
                 if not first:
                     self.reload_all()  # what was notified while nobody listened
                 self.store.replica_seen(self.replica, seq, listener_pid)
+                self.applied_seq = max(self.applied_seq, seq)
                 first, backoff = False, 0.1
                 self.connected = True
                 self._listening.set()
@@ -135,6 +138,21 @@ class RegistrySync:
         acknowledge it (the writer waits for every replica's acknowledgement)."""
         what, sent, seq = payload.rsplit("|", 2)
         kind, _, name = what.partition(":")
+        if not self._install(kind, name):
+            return
+        self.applied += 1
+        try:
+            self.lag.append(max(time.time() - float(sent), 0.0))
+            self.applied_seq = max(self.applied_seq, int(seq))
+            self.store.replica_seen(self.replica, int(seq))
+        except ValueError:
+            pass
+        except Exception:
+            log.warning("jupyter-vkeys: acknowledging registry change %s failed", seq)
+
+    def _install(self, kind: str, name: str) -> bool:
+        """Read the row of one change (``key``/``policy``, its id or scope) back from
+        PostgreSQL into memory; False (logged) when that failed."""
         try:
             if kind == "key":
                 record = self.store.load_key(name)
@@ -145,16 +163,30 @@ class RegistrySync:
                 saved = self.store.load_policy(name)
                 self.policy.set_scope_policy(name, self.parse_policy(saved) if saved else None)
         except Exception:  # a broken row must not stop the listener
-            log.exception("jupyter-vkeys: applying registry change %s failed", what)
-            return
-        self.applied += 1
-        try:
-            self.lag.append(max(time.time() - float(sent), 0.0))
-            self.store.replica_seen(self.replica, int(seq))
-        except ValueError:
-            pass
-        except Exception:
-            log.warning("jupyter-vkeys: acknowledging registry change %s failed", seq)
+            log.exception("jupyter-vkeys: applying registry change %s:%s failed", kind, name)
+            return False
+        return True
+
+    def catch_up(self) -> None:
+        """Install every change committed since the newest one installed here, read
+        from the audit log, and acknowledge them. Called by
+        :meth:`PgStore._await_replicas <.pg_store.PgStore._await_replicas>` while this
+        replica's loop is blocked waiting for the others' acknowledgements: two replicas
+        writing at once (two reapers, two kernels starting) would otherwise each wait
+        the whole ``ack_timeout`` for the other, whose loop is blocked the same way and
+        cannot read its notifications. The notifications still arrive afterwards;
+        installing a row twice changes nothing."""
+        rows = self.store.db.execute(
+            "SELECT seq, action, target FROM vkeys_audit WHERE seq > %s ORDER BY seq "
+            "LIMIT 1000", (self.applied_seq,)).fetchall()
+        for seq, action, target in rows:
+            if action.startswith("key.") and target.startswith("key:"):
+                self._install("key", target[4:])
+            elif action.startswith("policy."):
+                self._install("policy", target)
+            self.applied_seq = seq
+        if rows:
+            self.store.replica_seen(self.replica, self.applied_seq)
 
     def reload_all(self) -> None:
         """Replace every key and scope policy with what PostgreSQL holds now."""

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[2]
 SNIPPET = REPO / "examples" / "jupyterhub" / "jupyterhub_config.py"
@@ -38,10 +38,20 @@ class HubProcess:
     """``jupyterhub`` in ``root``; users, groups and the provider config given."""
 
     def __init__(self, root: Path, *, users: dict[str, list[str]], service_config: dict,
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", service_token: str = "",
+                 service_port: int | None = None,
+                 on_spawned: Callable[[HubProcess], None] | None = None) -> None:
+        """With ``service_token`` the vkeys service is external (the README's systemd
+        way): its entry keeps its URL (``service_port``: a load balancer's, say) but
+        loses its command and gets that ``api_token``; the Hub starts no service and
+        does not wait for one. The test starts it in ``on_spawned`` (called once the
+        ``jupyterhub`` process runs, before waiting for it: the Hub checks an external
+        service at start-up and waits up to 30 s for it to answer), with
+        :meth:`external_service_env`."""
         self.root = root
         self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
-        self.service_port = free_port()
+        self.service_port = service_port or free_port()
+        self.service_token = service_token
         self.base = f"http://127.0.0.1:{self.port}"
         self.homes = root / "homes"
         self.service_dir = root / "vkeys-service"
@@ -84,7 +94,11 @@ class HubProcess:
                 "name": "driver", "services": ["driver"],
                 "scopes": ["admin:users", "admin:servers", "admin:server_state",
                            "access:servers", "list:users", "read:users", "tokens"]}})
-        """) + extra_config + "\n")
+        """) + (textwrap.dedent(f"""
+            # an external service: run by the test (or systemd), not by the Hub
+            c.JupyterHub.services[0].pop("command")
+            c.JupyterHub.services[0]["api_token"] = {service_token!r}
+        """) if service_token else "") + extra_config + "\n")
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("JUPYTER", "OPENAI", "ANTHROPIC", "VKEYS"))}
         env.update({"PATH": f"{BIN}:{env.get('PATH', '')}",
@@ -98,9 +112,12 @@ class HubProcess:
             [str(BIN / "jupyterhub"), "-f", str(config)], cwd=hub_dir, env=env,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
+            if on_spawned is not None:
+                on_spawned(self)
             self._wait(lambda: request("GET", f"{self.base}/hub/health")[0] == 200,
                        "the Hub", 90)
-            self._wait(lambda: self._service_up(), "the vkeys service", 60)
+            if not service_token:
+                self._wait(lambda: self._service_up(), "the vkeys service", 60)
         except BaseException:
             self.stop()  # the Hub and everything it started: nothing left running
             raise
@@ -127,6 +144,18 @@ class HubProcess:
         status, _ = request("GET", f"{self.service_url}/api/health")
         return status == 200
 
+    def external_service_env(self, listen_port: int) -> dict[str, str]:
+        """The JUPYTERHUB_* variables of one replica of the external service, listening
+        on ``listen_port`` (what the Hub would give a managed service, and what the
+        README's systemd unit sets)."""
+        return {"JUPYTERHUB_API_TOKEN": self.service_token,
+                "JUPYTERHUB_API_URL": f"http://127.0.0.1:{self.hub_port}/hub/api",
+                "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{listen_port}",
+                "JUPYTERHUB_SERVICE_PREFIX": "/services/vkeys/",
+                "JUPYTERHUB_SERVICE_NAME": "vkeys", "JUPYTERHUB_CLIENT_ID": "service-vkeys",
+                "JUPYTERHUB_OAUTH_CALLBACK_URL": "/services/vkeys/oauth_callback",
+                "JUPYTERHUB_BASE_URL": "/"}
+
     @property
     def service_url(self) -> str:
         """The service, reached directly (what kernels use)."""
@@ -138,10 +167,17 @@ class HubProcess:
 
     # -- servers -----------------------------------------------------------------------
     def start_server(self, user: str) -> None:
-        status, body = self.hub("POST", f"/users/{user}/server")
-        assert status in (201, 202), (status, body)
-        self._wait(lambda: (self.hub("GET", f"/users/{user}")[1] or {}).get(
-            "servers", {}).get("", {}).get("ready"), f"{user}'s server", 120)
+        self.start_servers(user)
+
+    def start_servers(self, *users: str) -> None:
+        """Start the servers of ``users`` together (faster than one after another), and
+        wait until each is ready."""
+        for user in users:
+            status, body = self.hub("POST", f"/users/{user}/server")
+            assert status in (201, 202), (status, body)
+        for user in users:
+            self._wait(lambda: (self.hub("GET", f"/users/{user}")[1] or {}).get(
+                "servers", {}).get("", {}).get("ready"), f"{user}'s server", 120)
 
     def stop_server(self, user: str) -> None:
         status, body = self.hub("DELETE", f"/users/{user}/server")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -200,6 +201,7 @@ class VKeysApp(ExtensionApp):
             server_name=os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
             root_dir=serverapp.root_dir, denylist=tuple(self.kernel_env_denylist))
         set_active(self.hub_broker)
+        _stop_cleanly_on_sigint(serverapp)
         log.info("jupyter-vkeys: under JupyterHub; kernels get their keys from the service "
                  "at %s (no gateway runs in this server)", self.service_url)
 
@@ -234,6 +236,26 @@ class VKeysApp(ExtensionApp):
             self.kernel_front.stop()
         if self.gateway is not None:
             await self.gateway.stop()
+
+
+def _stop_cleanly_on_sigint(serverapp: Any) -> None:
+    """Make SIGINT stop the server the way SIGTERM does, with its cleanup (so
+    :meth:`VKeysApp.stop_extension` revokes this server's kernel keys).
+
+    JupyterHub's local spawners stop a server with SIGINT first. Without a terminal,
+    jupyter_server leaves SIGINT to Python: a ``KeyboardInterrupt`` ends its loop and the
+    process exits without cleanup (no extension is stopped, kernels are left to notice
+    their parent is gone), so the keys were revoked only later, by the service's reaper.
+    Called at the extension's start under a Hub; a handler the server set itself (an
+    interactive terminal's "Shut down this Jupyter server?") is left alone."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        serverapp.log.info("jupyter-vkeys: SIGINT: stopping the server with its cleanup")
+        serverapp.stop(from_signal=True)
+
+    signal.signal(signal.SIGINT, stop)
 
 
 def _share_server_log(serverapp: Any) -> None:

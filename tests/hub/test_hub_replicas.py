@@ -251,6 +251,23 @@ def farm(tmp_path_factory):
         farm.stop()
 
 
+def on_both_replicas_at_once(action, items) -> None:
+    """Run ``action(item, n)`` for every item on replica 0 and replica 1 at the same moment
+    (one thread each, released together by a barrier per item), and wait for all."""
+    def run(item: Any, n: int, gate: threading.Barrier) -> None:
+        gate.wait()
+        action(item, n)
+
+    threads = []
+    for item in items:
+        gate = threading.Barrier(2)
+        threads += [threading.Thread(target=run, args=(item, n, gate)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+
 def test_kernels_get_keys_through_the_balancer_and_either_replica_serves_calls(farm):
     """alice's kernel got its key through the balancer; its SDK calls go through the
     balancer, both replicas serve some (their access logs), and the key works on each
@@ -282,19 +299,11 @@ def test_one_personal_key_per_user_when_first_kernels_race_on_both_replicas(farm
     erin's first two kernels started at once through the balancer."""
     results: dict[str, list] = {user: [] for user in RACERS}
 
-    def mint(user: str, n: int, gate: threading.Barrier) -> None:
-        gate.wait()
+    def mint(user: str, n: int) -> None:
         results[user].append(request("POST", f"{farm.direct(n)}/api/hub/kernels",
                                      {"kernel_id": f"k-{user}-{n}"}, token=farm.tokens[user]))
 
-    threads = []
-    for user in RACERS:
-        gate = threading.Barrier(2)
-        threads += [threading.Thread(target=mint, args=(user, n, gate)) for n in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    on_both_replicas_at_once(mint, RACERS)
     for user, answers in results.items():
         assert [status for status, _ in answers] == [201, 201], (user, answers)
     personal = dict(farm.sql(
@@ -423,19 +432,11 @@ def test_a_revoke_through_one_replica_is_refused_on_the_other(farm):
     seq = farm.sql("SELECT coalesce(max(seq), 0) FROM vkeys_audit")[0][0]
     answers: list[int] = []
 
-    def revoke(key_id: str, n: int, gate: threading.Barrier) -> None:
-        gate.wait()
+    def revoke(key_id: str, n: int) -> None:
         answers.append(request("POST", f"{farm.direct(n)}/api/keys/{key_id}/revoke",
                                token=farm.tokens["carol"])[0])
 
-    threads = []
-    for key_id in ids:
-        gate = threading.Barrier(2)
-        threads += [threading.Thread(target=revoke, args=(key_id, n, gate)) for n in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    on_both_replicas_at_once(revoke, ids)
     assert answers == [200] * 12, answers
     audited = Counter(target for (target,) in farm.sql(
         "SELECT target FROM vkeys_audit WHERE seq > %s AND action = 'key.revoke'", seq))

@@ -512,9 +512,15 @@ def test_in_a_browser_carol_caps_bob_by_clicking_in_her_admin_panel(world, tmp_p
 def test_stopping_bobs_server_revokes_his_kernel_keys(world):
     bob_key = world.env["bob"]["OPENAI_API_KEY"]
     world.hub.stop_server("bob")
+    # Revoked by the server's own shutdown (JupyterHub stops it with SIGINT; its extension
+    # asks the service) before the Hub says it stopped; not left to the reaper.
     listing = world.http("carol", "out = call('GET', '/keys?owner=bob')")
     kernel_keys = [k for k in listing[1]["keys"] if k["metadata"]["kind"] == "kernel"]
     assert kernel_keys and all(k["state"] == "revoked" for k in kernel_keys), kernel_keys
+    audit = world.http("carol", "out = call('GET', '/audit?limit=10000')")
+    actors = {row["actor"] for row in audit[1]["audit"] if row["action"] == "key.revoke"
+              and row["target"] in {f"key:{k['id']}" for k in kernel_keys}}
+    assert actors == {"hub:bob"}, actors
     status, body = request("POST", f"{world.hub.service_url}/openai/v1/chat/completions",
                            {"model": "gpt-4o-mini", "messages": [
                                {"role": "user", "content": "after stop"}]},

@@ -38,9 +38,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from .keys import KeyRecord
+from .money import pico_to_usd
 from .policy import PolicyEngine
 from .policy.spec import EMPTY, PolicyError, check_scope, parse_policy
 from .registry import MAX_KEY_ID_CHARS, KeyNotFound, KeyRegistry, check_grace, check_name
+from .state import SharedLedger, StateUnavailable
 from .store import Store, public_view
 from .warehouse.sink import EventSink
 
@@ -248,6 +250,7 @@ class DataOwner(Protocol):
     store: Store
     sink: EventSink
     clock: Callable[[], float]
+    shared: SharedLedger | None  # the replicas' ledger (state_url), None in one process
 
 
 class ControlPlane:
@@ -477,7 +480,7 @@ class ControlPlane:
         report = engine.report(scope, policy)
         if not existed:
             engine.states.pop(scope, None)
-        if getattr(self.gateway, "shared", None) is not None and policy.budgets:
+        if self.gateway.shared is not None and policy.budgets:
             self._shared_budgets(report, scope, policy)
         return report
 
@@ -486,9 +489,6 @@ class ControlPlane:
         ``report``'s budgets (the local engine's: this replica's share) with the shared
         figures every replica reads alike; ``report["figures"]`` says which they are.
         Requests, tokens and calls in flight stay this replica's own counts."""
-        from .money import pico_to_usd
-        from .state import StateUnavailable
-
         try:
             figures = self.gateway.shared.read_budgets(
                 scope, [budget.period for budget in policy.budgets], self.gateway.clock())

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..usage import Usage, token_count
-from .base import Dialect, Operation, dumps
+from .base import Dialect, Operation
 from .sse import Meter, data_of
 
 
@@ -105,7 +107,7 @@ class AnthropicDialect(Dialect):
             "type": self.error_types.get(kind, "api_error"), "message": message}}
         if request_id:
             payload["request_id"] = request_id
-        return dumps(payload)
+        return orjson.dumps(payload)
 
     def model_object(self, name: str, provider: str) -> dict[str, Any]:
         return {"type": "model", "id": name, "display_name": name,
@@ -116,11 +118,8 @@ class AnthropicDialect(Dialect):
                 "first_id": objects[0]["id"] if objects else None,
                 "last_id": objects[-1]["id"] if objects else None}
 
-    def meter(self, operation: str, stream: bool, strip_usage: bool) -> Meter:
+    def meter(self, operation: str, strip_usage: bool = False) -> Meter:
         return AnthropicMeter(operation)
-
-    def usage(self, block: Any) -> Usage:
-        return usage_of(block)
 
 
 ANTHROPIC = AnthropicDialect()

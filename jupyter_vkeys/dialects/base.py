@@ -14,9 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import orjson
-
-from ..usage import Usage
 from .sse import Meter
 
 
@@ -85,12 +82,9 @@ class Dialect:
         """The ``GET /v1/models`` answer around ``objects``."""
         raise NotImplementedError
 
-    def meter(self, operation: str, stream: bool, strip_usage: bool) -> Meter:
-        """A fresh meter for one call's answer (see :mod:`.sse`)."""
-        raise NotImplementedError
-
-    def usage(self, block: Any) -> Usage:
-        """Normalized usage of one of the dialect's ``usage`` blocks."""
+    def meter(self, operation: str, strip_usage: bool = False) -> Meter:
+        """A fresh meter for one call's answer, streamed or whole (see :mod:`.sse`);
+        ``strip_usage``: drop the usage event the gateway asked for on the client's behalf."""
         raise NotImplementedError
 
     def ask_stream_usage(self, operation: Operation, body: dict[str, Any]) -> bool:
@@ -104,8 +98,3 @@ class Dialect:
         """The routes this dialect serves, for a 404's text."""
         names = [op.route for op in self.operations]
         return ", ".join(names) + " and models"
-
-
-def dumps(payload: Any) -> bytes:
-    """JSON bytes of an error or ``/models`` payload (the dialects' one encoder)."""
-    return orjson.dumps(payload)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..usage import Usage, token_count
-from .base import Dialect, Operation, dumps
+from .base import Dialect, Operation
 from .sse import Meter, data_of, event_span
 
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
@@ -153,7 +155,7 @@ class OpenAIDialect(Dialect):
                    param: str | None = None, type_: str | None = None,
                    request_id: str = "") -> bytes:
         known = kind if kind in self.error_types else "internal"
-        return dumps({"error": {"message": message,
+        return orjson.dumps({"error": {"message": message,
                                 "type": type_ or self.error_types[known],
                                 "code": code or self.error_codes[known], "param": param}})
 
@@ -163,11 +165,8 @@ class OpenAIDialect(Dialect):
     def models_page(self, objects: list[dict[str, Any]]) -> dict[str, Any]:
         return {"object": "list", "data": objects}
 
-    def meter(self, operation: str, stream: bool, strip_usage: bool) -> Meter:
+    def meter(self, operation: str, strip_usage: bool = False) -> Meter:
         return OpenAIMeter(operation, strip_usage)
-
-    def usage(self, block: Any) -> Usage:
-        return usage_of(block)
 
     def ask_stream_usage(self, operation: Operation, body: dict[str, Any]) -> bool:
         if not operation.stream_usage_option:

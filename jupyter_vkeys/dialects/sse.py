@@ -70,7 +70,6 @@ class Meter:
         self.finish_reason = ""
         self.response_model = ""
         self.deltas = 0  # content events seen: an estimate of output tokens when usage is cut off
-        self.events = 0
         self._pending = b""
 
     def read_body(self, body: bytes) -> None:

@@ -52,7 +52,6 @@ class LeanServer(HttpServer):
         self.proxy_routes = proxy_routes
         self.dialect_of = {path.rsplit("/v1/", 1)[0]: dialect
                            for path, (_, dialect) in proxy_routes.items()}
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def dialect_for(self, path: str) -> str:
         """The error dialect of ``path`` (Anthropic routes answer Anthropic errors)."""
@@ -71,10 +70,8 @@ class LeanServer(HttpServer):
         if route is None:
             TornadoBridge(exchange.conn, request).run(self.app)
             return None
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop.create_task(ProxyCall(self.gateway, exchange, route[0], route[1]).run())
+        return exchange.conn.loop.create_task(
+            ProxyCall(self.gateway, exchange, route[0], route[1]).run())
 
     def refuse(self, exchange: ServerExchange, error: ProtocolError) -> None:
         """A refusal made before any handler ran (413, 431, 408, a bad Host...): JSON in

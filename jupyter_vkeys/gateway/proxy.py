@@ -296,7 +296,7 @@ class ProxyCall:
             payload = orjson.dumps(body) if changed else raw
         except orjson.JSONEncodeError:
             raise _too_deep() from None
-        self._meter = self.wire.meter(self.operation, stream, strip_usage)
+        self._meter = self.wire.meter(self.operation, strip_usage)
         await self._relay(call, provider, transport, body, payload)
 
     async def _admit_shared(self, call: Call, ticket, rates, input_bound: int,

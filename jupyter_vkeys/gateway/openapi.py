@@ -55,7 +55,8 @@ NAME = {"type": "string", "pattern": f"^(|{NAME_PATTERN})$", "maxLength": 128,
 MODEL_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS,
               "pattern": "^[^\\x00-\\x1f\\x7f]+$"}
 TIME = {"oneOf": [{"type": "number", "minimum": MIN_TIME, "maximum": MAX_TIME},
-                  {"type": "string", "format": "date-time"}],
+                  {"type": "string", "format": "date-time"},
+                  {"type": "string", "enum": [""]}],
         "nullable": True,
         "description": "Epoch seconds or RFC 3339 text, 0001-01-01 to 9999-12-31; null or "
                        "empty: never expires."}
